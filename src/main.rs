@@ -1,0 +1,216 @@
+//! The `ficus` binary: flags, logging, exit codes. Everything else is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+/// A strangler-fig migration proxy: move a monolith's endpoints to new services one route at a time.
+#[derive(Parser)]
+#[command(name = "ficus", version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    /// Worker threads (default: one per CPU). 1 runs a single-threaded runtime.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default command).
+    Serve {
+        /// The route table.
+        #[arg(long, short, default_value = "routes.toml")]
+        config: PathBuf,
+    },
+    /// Validate a route table: exit 0, or name the file, line and fix.
+    Check {
+        /// The route table.
+        #[arg(default_value = "routes.toml")]
+        file: PathBuf,
+    },
+    /// Say which route a request matches, why, and where it would go.
+    Explain {
+        /// The route table.
+        #[arg(long, short, default_value = "routes.toml")]
+        config: PathBuf,
+        /// Request method, e.g. GET.
+        method: String,
+        /// Request path, e.g. /api/users/42.
+        path: String,
+        /// A request header, as 'name: value' (repeatable), e.g. for a sticky key.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
+    /// Start stand-in services and the proxy in front of them.
+    Demo {
+        /// The demo's route table.
+        #[arg(long, short, default_value = "examples/demo/routes.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command.unwrap_or(Command::Serve {
+        config: PathBuf::from("routes.toml"),
+    }) {
+        Command::Check { file } => match ficus::config::load(&file) {
+            Ok(table) => {
+                println!(
+                    "{}: ok ({} routes, {} upstreams)",
+                    file.display(),
+                    table.routes.len(),
+                    table.upstreams.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Explain {
+            config,
+            method,
+            path,
+            headers,
+        } => explain(&config, &method, &path, &headers),
+        Command::Serve { config } => run(cli.threads, config, false),
+        Command::Demo { config } => run(cli.threads, config, true),
+    }
+}
+
+fn explain(config: &std::path::Path, method: &str, path: &str, headers: &[String]) -> ExitCode {
+    let table = match ficus::config::load(config) {
+        Ok(table) => table,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+        eprintln!("\"{method}\" is not an HTTP method");
+        return ExitCode::FAILURE;
+    };
+    let mut map = HeaderMap::new();
+    for header in headers {
+        let parsed = header.split_once(':').and_then(|(name, value)| {
+            Some((
+                HeaderName::from_bytes(name.trim().as_bytes()).ok()?,
+                HeaderValue::from_str(value.trim()).ok()?,
+            ))
+        });
+        match parsed {
+            Some((name, value)) => {
+                map.append(name, value);
+            }
+            None => {
+                eprintln!("-H \"{header}\": write a header as 'name: value'");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    print!("{}", ficus::explain::explain(&table, &method, path, &map));
+    ExitCode::SUCCESS
+}
+
+fn run(threads: Option<usize>, config: PathBuf, demo: bool) -> ExitCode {
+    let runtime = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        if demo && let Err(e) = ficus::demo::start_stand_ins().await {
+            eprintln!("{e}\nIs another demo (or something else) using these ports?");
+            return ExitCode::FAILURE;
+        }
+        let running = match ficus::start(ficus::Options::new(&config)).await {
+            Ok(running) => running,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if demo {
+            println!(
+                "{}",
+                ficus::demo::instructions(
+                    running.proxy_addr,
+                    running.admin_addr,
+                    &config.display().to_string()
+                )
+            );
+        }
+        wait_for_signal().await;
+        tracing::info!(
+            "shutting down: draining in-flight requests (a second signal exits at once)"
+        );
+        running.shutdown();
+        tokio::select! {
+            () = running.wait() => ExitCode::SUCCESS,
+            () = wait_for_signal() => ExitCode::FAILURE,
+        }
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

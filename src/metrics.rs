@@ -1,0 +1,207 @@
+//! Every metric ficus exports, in one place.
+//!
+//! Names and labels follow `../shared/docs/vision.md`. Label values come only
+//! from the table (route and upstream names) and closed enums, never from
+//! request data, so the number of series is bounded by the table. Handles for a
+//! route/upstream pair are resolved once per table generation
+//! ([`Metrics::backend`]), so the data path does no label lookups.
+
+use std::sync::{Arc, OnceLock};
+
+use http::StatusCode;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+/// `ficus_requests_total{route, upstream, code}`.
+pub const REQUESTS_TOTAL: &str = "ficus_requests_total";
+/// `ficus_request_duration_seconds{route, upstream}`.
+pub const REQUEST_DURATION: &str = "ficus_request_duration_seconds";
+/// `ficus_upstream_errors_total{route, upstream, kind}`.
+pub const UPSTREAM_ERRORS_TOTAL: &str = "ficus_upstream_errors_total";
+/// `ficus_config_reloads_total{result}`.
+pub const CONFIG_RELOADS_TOTAL: &str = "ficus_config_reloads_total";
+/// `ficus_config_generation`.
+pub const CONFIG_GENERATION: &str = "ficus_config_generation";
+
+/// Histogram buckets in seconds, shared by every upstream so quantiles compare.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The `upstream` label of requests ficus answered itself before choosing an upstream.
+pub const NO_UPSTREAM: &str = "none";
+
+/// Kinds of upstream failure: the `kind` label of `ficus_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// The connection was refused or failed.
+    Connect,
+    /// The connection was not established within the connect timeout.
+    ConnectTimeout,
+    /// No response headers within the route's timeout.
+    Timeout,
+    /// The upstream broke the protocol or closed the connection early.
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    /// Every kind, in label order.
+    pub const ALL: [UpstreamErrorKind; 4] = [
+        Self::Connect,
+        Self::ConnectTimeout,
+        Self::Timeout,
+        Self::Protocol,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::Timeout => "timeout",
+            Self::Protocol => "protocol",
+        }
+    }
+}
+
+/// The registry-backed metric families.
+#[derive(Clone)]
+pub struct Metrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    reloads: IntCounterVec,
+    generation: IntGauge,
+}
+
+impl Metrics {
+    /// Creates every family and registers it in `registry`.
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                REQUESTS_TOTAL,
+                "Requests answered, by route, upstream and status code.",
+            ),
+            &["route", "upstream", "code"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                REQUEST_DURATION,
+                "Time from receiving a request to sending the response headers, by route and upstream.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["route", "upstream"],
+        )?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                UPSTREAM_ERRORS_TOTAL,
+                "Failed upstream requests, by route, upstream and kind.",
+            ),
+            &["route", "upstream", "kind"],
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new(CONFIG_RELOADS_TOTAL, "Route table reloads, by result."),
+            &["result"],
+        )?;
+        let generation = IntGauge::new(CONFIG_GENERATION, "Generation of the route table in use.")?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(reloads.clone()))?;
+        registry.register(Box::new(generation.clone()))?;
+        // Both results exist from the start, so `rate()` and alerts see a zero, not a gap.
+        reloads.with_label_values(&["success"]);
+        reloads.with_label_values(&["failure"]);
+        Ok(Metrics {
+            requests,
+            duration,
+            upstream_errors,
+            reloads,
+            generation,
+        })
+    }
+
+    /// Resolves the handles for one route/upstream pair.
+    pub fn backend(&self, route: &str, upstream: &str) -> BackendMetrics {
+        BackendMetrics(Arc::new(BackendInner {
+            duration: self.duration.with_label_values(&[route, upstream]),
+            errors: UpstreamErrorKind::ALL.map(|kind| {
+                self.upstream_errors
+                    .with_label_values(&[route, upstream, kind.as_str()])
+            }),
+            codes: Default::default(),
+            requests: self.requests.clone(),
+            route: route.into(),
+            upstream: upstream.into(),
+        }))
+    }
+
+    /// Counts a reload attempt.
+    pub fn reload(&self, success: bool) {
+        self.reloads
+            .with_label_values(&[if success { "success" } else { "failure" }])
+            .inc();
+    }
+
+    /// Publishes the generation in use.
+    pub fn set_generation(&self, generation: u64) {
+        self.generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+}
+
+/// Status codes whose counters are cached per pair; others take a label lookup.
+const COMMON_CODES: [u16; 24] = [
+    200, 201, 202, 204, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409, 413, 414, 422,
+    429, 500, 502, 503, 504,
+];
+
+struct BackendInner {
+    duration: Histogram,
+    errors: [IntCounter; 4],
+    /// Created on first use so that codes never seen add no series.
+    codes: [OnceLock<IntCounter>; COMMON_CODES.len()],
+    requests: IntCounterVec,
+    route: Box<str>,
+    upstream: Box<str>,
+}
+
+/// Metric handles for one route/upstream pair. Cheap to clone.
+#[derive(Clone)]
+pub struct BackendMetrics(Arc<BackendInner>);
+
+impl std::fmt::Debug for BackendMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BackendMetrics({}, {})", self.0.route, self.0.upstream)
+    }
+}
+
+impl BackendMetrics {
+    /// Records one answered request.
+    pub fn record(&self, status: StatusCode, seconds: f64) {
+        let inner = &*self.0;
+        inner.duration.observe(seconds);
+        let code = status.as_u16();
+        match COMMON_CODES.iter().position(|&c| c == code) {
+            Some(i) => inner.codes[i].get_or_init(|| self.counter(status)).inc(),
+            None => self.counter(status).inc(),
+        }
+    }
+
+    fn counter(&self, status: StatusCode) -> IntCounter {
+        let inner = &*self.0;
+        inner
+            .requests
+            .with_label_values(&[&*inner.route, &*inner.upstream, status.as_str()])
+    }
+
+    /// Counts an upstream failure.
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        let index = UpstreamErrorKind::ALL
+            .iter()
+            .position(|&k| k == kind)
+            .unwrap_or(0);
+        self.0.errors[index].inc();
+    }
+}

@@ -1,0 +1,97 @@
+//! The closed set of ways a proxied request can fail, and whose fault each is.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+use crate::metrics::UpstreamErrorKind;
+use crate::routing::path::PathError;
+
+/// Why ficus answered a request itself instead of relaying the upstream's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The client sent a path ficus will not route (see [`PathError`]).
+    #[error("bad request path: {0}")]
+    BadPath(#[from] PathError),
+    /// The request target is not a path (`*`, authority-form) or the method is CONNECT.
+    #[error("unsupported request target")]
+    BadTarget,
+    /// The request target is longer than ficus accepts.
+    #[error("request target too long")]
+    UriTooLong,
+    /// The upstream failed; the cause is logged, never sent to the client.
+    #[error("upstream {kind:?}: {cause}")]
+    Upstream {
+        /// What went wrong, as a closed kind.
+        kind: UpstreamErrorKind,
+        /// The underlying error, for logs.
+        cause: String,
+    },
+}
+
+impl ProxyError {
+    /// The status the client sees. No catch-all arm: a new variant must choose.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadPath(_) | ProxyError::BadTarget => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::Upstream { kind, .. } => match kind {
+                UpstreamErrorKind::Connect | UpstreamErrorKind::Protocol => StatusCode::BAD_GATEWAY,
+                UpstreamErrorKind::ConnectTimeout | UpstreamErrorKind::Timeout => {
+                    StatusCode::GATEWAY_TIMEOUT
+                }
+            },
+        }
+    }
+
+    /// The closed error name in the JSON body.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::BadPath(_) => "bad_path",
+            ProxyError::BadTarget => "bad_target",
+            ProxyError::UriTooLong => "uri_too_long",
+            ProxyError::Upstream { kind, .. } => match kind {
+                UpstreamErrorKind::Connect => "upstream_connect",
+                UpstreamErrorKind::ConnectTimeout => "upstream_connect_timeout",
+                UpstreamErrorKind::Timeout => "upstream_timeout",
+                UpstreamErrorKind::Protocol => "upstream_protocol",
+            },
+        }
+    }
+
+    /// The response: a short JSON body naming the error kind and the request id, no internals.
+    pub fn to_response(&self, request_id: &HeaderValue) -> Response<Full<Bytes>> {
+        let body = serde_json::json!({
+            "error": self.kind(),
+            "request_id": String::from_utf8_lossy(request_id.as_bytes()),
+        });
+        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+/// Classifies a client error from hyper-util into a closed kind.
+pub fn classify(error: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
+    if error.is_connect() {
+        let mut source: Option<&(dyn std::error::Error + 'static)> =
+            std::error::Error::source(error);
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::TimedOut
+            {
+                return UpstreamErrorKind::ConnectTimeout;
+            }
+            source = e.source();
+        }
+        UpstreamErrorKind::Connect
+    } else {
+        UpstreamErrorKind::Protocol
+    }
+}

@@ -1,0 +1,144 @@
+//! One generation of the route table, ready for the data path.
+//!
+//! A [`Snapshot`] pairs a validated [`Table`] with what serving it needs: a
+//! live pool per upstream and metric handles per route/upstream pair. It is
+//! immutable; the reloader is the only writer of the `ArcSwap` that holds the
+//! current one, and each request keeps the `Arc` it loaded at its start, so a
+//! request is served entirely by one generation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderMap;
+
+use crate::config::{Table, Target};
+use crate::metrics::{BackendMetrics, Metrics};
+use crate::routing::RouteId;
+use crate::routing::split::Assignment;
+use crate::upstream::Upstream;
+
+/// The `route` label of requests that match no route.
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// An upstream as one route uses it.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// The live upstream.
+    pub upstream: Arc<Upstream>,
+    /// Metric handles for this route/upstream pair.
+    pub metrics: BackendMetrics,
+}
+
+/// The backends of one route: one, or one per split side.
+#[derive(Debug)]
+struct RouteBackends(Vec<Backend>);
+
+/// A compiled table generation.
+pub struct Snapshot {
+    /// Increases by one with every successful reload.
+    pub generation: u64,
+    /// xxh3 of the file's bytes, to skip reloads of identical content.
+    pub hash: u64,
+    /// The validated table.
+    pub table: Table,
+    upstreams: Vec<Arc<Upstream>>,
+    routes: Vec<RouteBackends>,
+    default: Backend,
+}
+
+/// What the router decided for a request.
+#[derive(Debug)]
+pub struct Decision<'s> {
+    /// Route name, or [`DEFAULT_ROUTE`].
+    pub route: &'s str,
+    /// Where the request goes.
+    pub backend: &'s Backend,
+    /// Request timeout.
+    pub timeout: Duration,
+    /// How a split side was chosen, if the route splits.
+    pub assignment: Option<Assignment>,
+}
+
+impl Snapshot {
+    /// Builds a generation, reusing the pools of `previous` for unchanged upstreams.
+    pub fn build(
+        table: Table,
+        hash: u64,
+        generation: u64,
+        metrics: &Metrics,
+        previous: Option<&Snapshot>,
+    ) -> Self {
+        let upstreams: Vec<Arc<Upstream>> = table
+            .upstreams
+            .iter()
+            .map(|spec| {
+                previous
+                    .and_then(|p| p.upstreams.iter().find(|u| u.spec == *spec))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Upstream::new(spec.clone())))
+            })
+            .collect();
+        let backend = |route: &str, index: usize| Backend {
+            upstream: upstreams[index].clone(),
+            metrics: metrics.backend(route, &upstreams[index].spec.name),
+        };
+        let routes = table
+            .routes
+            .iter()
+            .map(|route| {
+                RouteBackends(match &route.target {
+                    Target::Upstream(i) => vec![backend(&route.name, *i)],
+                    Target::Split { upstreams, .. } => {
+                        upstreams.iter().map(|&i| backend(&route.name, i)).collect()
+                    }
+                })
+            })
+            .collect();
+        let default = backend(DEFAULT_ROUTE, table.default_upstream);
+        Snapshot {
+            generation,
+            hash,
+            table,
+            upstreams,
+            routes,
+            default,
+        }
+    }
+
+    /// Chooses the backend for a request already matched to `route`.
+    pub fn decide(&self, route: Option<RouteId>, headers: &HeaderMap) -> Decision<'_> {
+        let Some(id) = route else {
+            return Decision {
+                route: DEFAULT_ROUTE,
+                backend: &self.default,
+                timeout: self.table.default_timeout,
+                assignment: None,
+            };
+        };
+        let spec = &self.table.routes[id];
+        let backends = &self.routes[id].0;
+        let (side, assignment) = match &spec.target {
+            Target::Upstream(_) => (0, None),
+            Target::Split { split, .. } => {
+                let (side, assignment) = split.choose(headers);
+                (side, Some(assignment))
+            }
+        };
+        Decision {
+            route: &spec.name,
+            // Invariant: a split side index is always < the number of sides, and
+            // `backends` has one entry per side (built together above).
+            backend: &backends[side.min(backends.len() - 1)],
+            timeout: spec.timeout,
+            assignment,
+        }
+    }
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
