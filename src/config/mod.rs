@@ -545,8 +545,12 @@ impl Compiler<'_> {
             );
         }
         let pattern = match (&r.path, &r.prefix) {
-            (Some(p), None) => check_canonical(p).and_then(|_| Pattern::path(p)),
-            (None, Some(p)) => check_canonical(p).and_then(|_| Pattern::prefix(p)),
+            (Some(p), None) => {
+                Pattern::path(p).and_then(|pattern| check_canonical(p).map(|()| pattern))
+            }
+            (None, Some(p)) => {
+                Pattern::prefix(p).and_then(|pattern| check_canonical(p).map(|()| pattern))
+            }
             (Some(_), Some(_)) => Err("has both `path` and `prefix`; keep exactly one".into()),
             (None, None) => Err("needs `path` (a template) or `prefix`".into()),
         };

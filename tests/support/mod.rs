@@ -1,0 +1,401 @@
+//! Shared test harness: real backends on 127.0.0.1:0 and ficus in-process.
+//!
+//! A [`Backend`] answers every request with its own name (body and `x-upstream`
+//! header) and records what it received. [`TestProxy`] writes a table into a
+//! temporary directory and starts ficus on ephemeral ports, watching that file.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore, watch};
+
+/// Longest any test waits for an event before failing.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a backend received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    /// Path and query exactly as received.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body_len: usize,
+}
+
+/// How a backend answers.
+#[derive(Clone)]
+pub enum Behaviour {
+    /// 200 with its name as the body.
+    Name,
+    /// Waits for the gate to open (one permit per request), then answers like `Name`.
+    Gated(Arc<Semaphore>),
+    /// Waits this long, then answers like `Name`.
+    Delay(Duration),
+    /// Answers with this status and extra headers, body = name.
+    Custom(StatusCode, Vec<(&'static str, &'static str)>),
+    /// Streams a body of this many bytes (in 64 KiB chunks).
+    Download(u64),
+}
+
+/// A real hyper server on 127.0.0.1:0.
+pub struct Backend {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Recorded>>>,
+    /// Requests received so far (incremented when the head arrives, before answering).
+    arrivals: watch::Receiver<usize>,
+    /// TCP connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
+    stop: Arc<Notify>,
+}
+
+impl Backend {
+    /// A backend that answers with its name.
+    pub async fn start(name: &'static str) -> Backend {
+        Backend::with(name, Behaviour::Name).await
+    }
+
+    /// A backend with the given behaviour.
+    pub async fn with(name: &'static str, behaviour: Behaviour) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("backend addr");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (arrivals_tx, arrivals) = watch::channel(0usize);
+        let arrivals_tx = Arc::new(arrivals_tx);
+        let connections = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(Notify::new());
+        let (rec, conns, stop2) = (received.clone(), connections.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                    () = stop2.notified() => return,
+                };
+                conns.fetch_add(1, Ordering::SeqCst);
+                let (rec, behaviour, arrivals_tx) =
+                    (rec.clone(), behaviour.clone(), arrivals_tx.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let (rec, behaviour, arrivals_tx) =
+                            (rec.clone(), behaviour.clone(), arrivals_tx.clone());
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            arrivals_tx.send_modify(|n| *n += 1);
+                            let body_len = match body.collect().await {
+                                Ok(collected) => collected.to_bytes().len(),
+                                Err(_) => usize::MAX,
+                            };
+                            rec.lock().unwrap().push(Recorded {
+                                method: parts.method.clone(),
+                                target: parts
+                                    .uri
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default(),
+                                headers: parts.headers.clone(),
+                                body_len,
+                            });
+                            Ok::<_, Infallible>(answer(name, &behaviour, body_len).await)
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            name,
+            addr,
+            received,
+            arrivals,
+            connections,
+            stop,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, for a table's `endpoints`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Everything received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests have arrived (heads received).
+    pub async fn wait_for_arrivals(&self, n: usize) {
+        let mut rx = self.arrivals.clone();
+        tokio::time::timeout(EVENT_TIMEOUT, rx.wait_for(|&seen| seen >= n))
+            .await
+            .expect("backend did not receive the expected requests in time")
+            .expect("backend gone");
+    }
+
+    /// Stops accepting new connections.
+    pub fn stop(&self) {
+        self.stop.notify_one();
+    }
+}
+
+async fn answer(
+    name: &'static str,
+    behaviour: &Behaviour,
+    body_len: usize,
+) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+    let named = |status: StatusCode| {
+        Response::builder()
+            .status(status)
+            .header("x-upstream", name)
+            .header("x-received-body-bytes", body_len.to_string())
+            .body(Full::new(Bytes::from(name)).boxed())
+            .unwrap()
+    };
+    match behaviour {
+        Behaviour::Name => named(StatusCode::OK),
+        Behaviour::Gated(gate) => {
+            let permit = gate.acquire().await.expect("gate closed");
+            permit.forget();
+            named(StatusCode::OK)
+        }
+        Behaviour::Delay(d) => {
+            tokio::time::sleep(*d).await;
+            named(StatusCode::OK)
+        }
+        Behaviour::Custom(status, headers) => {
+            let mut response = named(*status);
+            for (k, v) in headers {
+                response.headers_mut().append(*k, v.parse().unwrap());
+            }
+            response
+        }
+        Behaviour::Download(total) => Response::builder()
+            .header("x-upstream", name)
+            .body(ChunkBody::new(*total).boxed())
+            .unwrap(),
+    }
+}
+
+/// A body yielding `total` bytes in chunks, generated lazily (never held whole).
+pub struct ChunkBody {
+    left: u64,
+    chunk: Bytes,
+}
+
+impl ChunkBody {
+    pub fn new(total: u64) -> ChunkBody {
+        ChunkBody {
+            left: total,
+            chunk: Bytes::from(vec![b'x'; 64 * 1024]),
+        }
+    }
+}
+
+impl hyper::body::Body for ChunkBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.left.min(self.chunk.len() as u64) as usize;
+        self.left -= n as u64;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(self.chunk.slice(..n)))))
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
+    }
+}
+
+/// ficus running in-process on ephemeral ports, serving a table from a temp dir.
+pub struct TestProxy {
+    pub running: ficus::Running,
+    pub dir: tempfile::TempDir,
+    pub table: PathBuf,
+    pub client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl TestProxy {
+    /// Starts ficus with `toml` as its table (written to `DIR/routes.toml`).
+    pub async fn start(toml: &str) -> TestProxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = dir.path().join("routes.toml");
+        std::fs::write(&table, toml).expect("write table");
+        TestProxy::start_at(dir, table).await
+    }
+
+    /// Starts ficus serving an existing table file.
+    pub async fn start_at(dir: tempfile::TempDir, table: PathBuf) -> TestProxy {
+        let proxy_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let mut options = ficus::Options::new(&table);
+        options.proxy_listener = Some(proxy_listener);
+        options.admin_listener = Some(admin_listener);
+        let running = ficus::start(options).await.expect("ficus starts");
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        TestProxy {
+            running,
+            dir,
+            table,
+            client,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` + path, on the proxy port.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.running.proxy_addr, path)
+    }
+
+    /// `http://127.0.0.1:PORT` + path, on the admin port.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.running.admin_addr, path)
+    }
+
+    /// Sends a request through the proxy and reads the whole answer.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &'static [u8],
+    ) -> Answer {
+        let mut request = Request::builder().method(method).uri(self.url(path));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let request = request
+            .body(Full::new(Bytes::from_static(body)))
+            .expect("request");
+        fetch(&self.client, request).await
+    }
+
+    /// GET through the proxy.
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(Method::GET, path, &[], b"").await
+    }
+
+    /// GET on the admin port.
+    pub async fn admin_get(&self, path: &str) -> Answer {
+        let request = Request::get(self.admin_url(path))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        fetch(&self.client, request).await
+    }
+
+    /// The value of one metric sample line, e.g. `ficus_config_generation` or
+    /// `ficus_requests_total{route="a",upstream="b",code="200"}`; 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.admin_get("/metrics").await.body;
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+
+    /// Replaces the table in place (truncate + write) and waits for a reload attempt to finish.
+    pub async fn rewrite(&self, toml: &str) {
+        std::fs::write(&self.table, toml).expect("rewrite table");
+    }
+
+    /// Waits until the generation is at least `generation`.
+    pub async fn wait_for_generation(&self, generation: u64) {
+        let mut rx = self.running.reloads();
+        tokio::time::timeout(EVENT_TIMEOUT, rx.wait_for(|c| c.generation >= generation))
+            .await
+            .expect("no reload to the expected generation in time")
+            .expect("reloader gone");
+    }
+
+    /// Waits until at least `failures` reloads have been rejected.
+    pub async fn wait_for_failures(&self, failures: u64) {
+        let mut rx = self.running.reloads();
+        tokio::time::timeout(EVENT_TIMEOUT, rx.wait_for(|c| c.failures >= failures))
+            .await
+            .expect("no rejected reload in time")
+            .expect("reloader gone");
+    }
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    /// The `x-upstream` header the backend set, or "" when absent.
+    pub fn upstream(&self) -> &str {
+        self.headers
+            .get("x-upstream")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// Sends a request with `client` and reads the whole answer.
+pub async fn fetch(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Answer {
+    let response = tokio::time::timeout(EVENT_TIMEOUT, client.request(request))
+        .await
+        .expect("response in time")
+        .expect("request sent");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Sends raw bytes on a new connection and returns everything read until the
+/// server closes or `EVENT_TIMEOUT` passes.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(EVENT_TIMEOUT, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A table with `default = "legacy"` and the given upstreams, followed by `rest`.
+pub fn table(upstreams: &[(&str, &Backend)], rest: &str) -> String {
+    let mut out = String::from("default = \"legacy\"\n");
+    for (name, backend) in upstreams {
+        out.push_str(&format!(
+            "[upstreams.{name}]\nendpoints = [\"{}\"]\n",
+            backend.url()
+        ));
+    }
+    out.push_str(rest);
+    out
+}
