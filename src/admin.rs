@@ -21,7 +21,6 @@ use tokio::net::TcpListener;
 use crate::config::{Table, Target};
 use crate::proxy::ProxyState;
 use crate::reload::ReloadStatus;
-use crate::server::Shutdown;
 
 /// What the admin endpoints read.
 pub struct AdminState {
@@ -35,21 +34,22 @@ pub struct AdminState {
     pub draining: AtomicBool,
 }
 
-/// Serves the admin endpoints on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: Shutdown) {
+/// Serves the admin endpoints on `listener` until the task is aborted.
+///
+/// It deliberately ignores the shutdown signal: `/readyz` must keep answering
+/// 503 while the proxy drains, and `/metrics` must stay scrapeable until exit.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
-            () = shutdown.wait() => return,
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let state = state.clone();
         let builder = builder.clone();

@@ -173,7 +173,6 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     let mut other_tasks = vec![tokio::spawn(admin::serve(
         admin_listener,
         admin_state.clone(),
-        shutdown.clone(),
     ))];
     if options.watch {
         let reloader = Reloader::new(

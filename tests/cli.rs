@@ -1,0 +1,183 @@
+//! The `ficus` binary as an operator uses it: check, explain, serve + SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const FICUS: &str = env!("CARGO_BIN_EXE_ficus");
+
+fn manifest(file: &str) -> String {
+    format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn check_accepts_the_example_tables() {
+    for file in ["routes.toml", "examples/demo/routes.toml"] {
+        let out = Command::new(FICUS)
+            .args(["check", &manifest(file)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(": ok ("));
+    }
+}
+
+#[test]
+fn check_rejects_a_broken_table_naming_file_line_and_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    std::fs::write(
+        &path,
+        "default = \"legacy\"\n[upstreams.legacy]\nendpoints = [\"http://127.0.0.1:3000\"]\n\n[[routes]]\nname = \"r\"\nprefix = \"/a\"\nupstream = \"nope\"\n",
+    )
+    .unwrap();
+    let out = Command::new(FICUS)
+        .arg("check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:5: route \"r\"", path.display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("add [upstreams.nope] or use one of: legacy"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn explain_names_route_reason_and_sticky_side() {
+    let out = Command::new(FICUS)
+        .args([
+            "explain",
+            "--config",
+            &manifest("routes.toml"),
+            "GET",
+            "/api/users/7",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        stdout.contains("route:     users-read (line 35, path /api/users/{id}, methods GET)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("target:    upstream \"users\""), "{stdout}");
+
+    let out = Command::new(FICUS)
+        .args([
+            "explain",
+            "-c",
+            &manifest("routes.toml"),
+            "GET",
+            "/api/messages/x",
+            "-H",
+            "x-user-id: alice",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("route:     messages"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "sticky:    header:x-user-id = \"alice\" -> bucket 8080 of 10000 -> side legacy"
+        ),
+        "{stdout}"
+    );
+
+    let out = Command::new(FICUS)
+        .args([
+            "explain",
+            "-c",
+            &manifest("routes.toml"),
+            "GET",
+            "/api/users/%2fadmin",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rejected:  400 Bad Request"));
+}
+
+#[test]
+fn explain_says_why_the_winner_beat_other_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    std::fs::write(
+        &path,
+        "default = \"legacy\"\n[upstreams.legacy]\nendpoints = [\"http://127.0.0.1:3000\"]\n\
+         [[routes]]\nname = \"api\"\nprefix = \"/api\"\nupstream = \"legacy\"\n\
+         [[routes]]\nname = \"me\"\npath = \"/api/users/me\"\nmethods = [\"POST\"]\nupstream = \"legacy\"\n\
+         [[routes]]\nname = \"user\"\npath = \"/api/users/{id}\"\nupstream = \"legacy\"\n",
+    )
+    .unwrap();
+    let out = Command::new(FICUS)
+        .args(["explain", "-c"])
+        .arg(&path)
+        .args(["GET", "/api/users/me"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("route:     user "), "{stdout}");
+    assert!(
+        stdout.contains("over:    api (line 4, prefix /api): an exact path beats a prefix"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "over:    me (line 8, path /api/users/me, methods POST): does not accept GET"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn serve_exits_zero_on_sigterm() {
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "default = \"legacy\"\n[listen]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[upstreams.legacy]\nendpoints = [\"http://{}\"]\n",
+            backend.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(FICUS)
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the "serving" log line: the event that says the listeners are up.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let serving = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("ficus serving"));
+    assert!(
+        serving.is_some_and(|l| l.contains("\"proxy\":\"127.0.0.1:")),
+        "json log with the bound address"
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait()));
+    let status = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("ficus exits after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
+}
