@@ -107,7 +107,16 @@ pub struct TimedIo<T> {
     busy: bool,
     /// `ConnActivity::started` at the last observation.
     seen_started: usize,
+    /// Whether the first bytes read have been inspected for the HTTP/2 preface.
+    sniffed: bool,
+    /// The client speaks HTTP/2: control frames (SETTINGS, PING, WINDOW_UPDATE) arrive
+    /// between requests, so bytes read with no stream open are not a request head. Only
+    /// the idle timeout applies.
+    multiplexed: bool,
 }
+
+/// The start of the HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 impl<T> TimedIo<T> {
     /// Wraps an accepted connection; the idle clock starts now.
@@ -127,6 +136,8 @@ impl<T> TimedIo<T> {
             head_deadline: None,
             busy,
             seen_started,
+            sniffed: false,
+            multiplexed: false,
         }
     }
 
@@ -146,9 +157,15 @@ impl<T> TimedIo<T> {
 
     /// Bytes were read: they keep the connection alive, and if no request is in flight they
     /// belong to a request head, whose deadline starts with its first byte.
-    fn on_read(&mut self, now: Instant) {
+    fn on_read(&mut self, now: Instant, bytes: &[u8]) {
         self.last_activity = now;
-        if !self.busy && self.head_deadline.is_none() {
+        if !self.sniffed {
+            // The first read carries the start of the preface in practice; a client that
+            // dribbles it byte by byte is treated as HTTP/1, which only keeps the head timer.
+            self.sniffed = true;
+            self.multiplexed = bytes.starts_with(H2_PREFACE);
+        }
+        if !self.busy && !self.multiplexed && self.head_deadline.is_none() {
             let deadline = after(now, self.timeouts.header_read);
             self.head_deadline = Some(deadline);
             // Keep the invariant: the timer must not fire after the head deadline.
@@ -228,7 +245,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    this.on_read(now);
+                    this.on_read(now, &buf.filled()[before..]);
                 }
                 Poll::Ready(Ok(()))
             }

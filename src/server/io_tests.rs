@@ -213,3 +213,18 @@ async fn bytes_pass_through_unchanged() -> io::Result<()> {
     assert_eq!(client.read(&mut [0; 8]).await?, 0);
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn http2_control_frames_between_requests_do_not_start_a_head_deadline() -> io::Result<()> {
+    let (mut client, mut io, activity) = conn();
+    send(&mut client, &mut io, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    drop(activity.request_started());
+    // A PING-sized frame with no stream open: on HTTP/1 this would start the head clock.
+    send(&mut client, &mut io, &[0, 0, 8, 6, 0, 0, 0, 0, 0]).await?;
+    let last_bytes = Instant::now();
+    assert_pending_for(&mut io, HEAD * 2).await;
+    let (msg, at) = read_timeout(&mut io, last_bytes).await;
+    assert_eq!(msg, "idle timeout");
+    assert_near(at, IDLE);
+    Ok(())
+}
