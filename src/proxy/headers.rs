@@ -16,8 +16,9 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1),
-/// plus the legacy ones proxies are known to see.
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// plus the legacy ones proxies are known to see, and proxy credentials, which
+/// are meant for a proxy and must not leak to the monolith or back to the client.
+static HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -26,6 +27,8 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     HeaderName::from_static("http2-settings"),
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
 ];
 
 /// Names a forwarding proxy must never let `Connection` remove: ficus sets them itself.

@@ -122,6 +122,10 @@ fn route<'s>(
         return Err(ProxyError::BadTarget);
     }
     let uri = request.uri();
+    // `*` (OPTIONS *) and authority-form targets are not paths: nothing to route.
+    if !uri.path().starts_with('/') {
+        return Err(ProxyError::BadTarget);
+    }
     if uri
         .path_and_query()
         .is_some_and(|pq| pq.as_str().len() > MAX_URI_BYTES)
