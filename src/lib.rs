@@ -159,7 +159,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     let status = Arc::new(Mutex::new(ReloadStatus::default()));
     let (counts_tx, counts) = watch::channel(ReloadCounts {
         generation: 1,
-        failures: 0,
+        ..ReloadCounts::default()
     });
     let admin_state = Arc::new(AdminState {
         proxy: proxy_state.clone(),

@@ -49,6 +49,8 @@ pub struct ReloadCounts {
     pub generation: u64,
     /// Rejected tables so far.
     pub failures: u64,
+    /// Reload attempts finished so far, whatever their outcome.
+    pub attempts: u64,
 }
 
 /// The outcome of one reload attempt.
@@ -104,7 +106,16 @@ impl Reloader {
             }
         };
         let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
-        if hash == current.hash || Some(hash) == self.last_rejected {
+        if hash == current.hash {
+            // Reverting a broken edit to the serving bytes resolves the error too.
+            if self.last_rejected.take().is_some()
+                && let Ok(mut status) = self.status.lock()
+            {
+                status.last_error = None;
+            }
+            return Outcome::Unchanged;
+        }
+        if Some(hash) == self.last_rejected {
             return Outcome::Unchanged;
         }
         let table = match config::parse_bytes(&bytes, &self.path) {
@@ -169,16 +180,23 @@ impl Reloader {
         let mut hangup = hangup_signal();
         let mut periodic = tokio::time::interval(PERIODIC);
         periodic.tick().await;
+        // One catch-up read now that the watch is registered: an edit made between the
+        // initial load and this point produced no event we could see.
+        let mut pending = Some("start");
         loop {
-            let trigger = tokio::select! {
-                Some(()) = rx.recv() => "watch",
-                Some(()) = recv_hangup(&mut hangup) => "sighup",
-                _ = periodic.tick() => "periodic",
-                () = shutdown.wait() => return,
+            let trigger = match pending.take() {
+                Some(trigger) => trigger,
+                None => tokio::select! {
+                    Some(()) = rx.recv() => "watch",
+                    Some(()) = recv_hangup(&mut hangup) => "sighup",
+                    _ = periodic.tick() => "periodic",
+                    () = shutdown.wait() => return,
+                },
             };
             // Loading is synchronous file IO and CPU: keep it off the async workers.
             self = match tokio::task::spawn_blocking(move || {
                 let _ = self.reload(trigger);
+                self.counts.send_modify(|c| c.attempts += 1);
                 self
             })
             .await

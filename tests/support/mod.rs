@@ -316,7 +316,7 @@ impl TestProxy {
             .unwrap_or(0.0)
     }
 
-    /// Replaces the table in place (truncate + write) and waits for a reload attempt to finish.
+    /// Replaces the table in place (truncate + write). Wait with `wait_for_generation`/`wait_for_failures`.
     pub async fn rewrite(&self, toml: &str) {
         std::fs::write(&self.table, toml).expect("rewrite table");
     }
@@ -328,6 +328,20 @@ impl TestProxy {
             .await
             .expect("no reload to the expected generation in time")
             .expect("reloader gone");
+    }
+
+    /// Waits until at least `attempts` reload attempts (of any outcome) have finished.
+    pub async fn wait_for_attempts(&self, attempts: u64) {
+        let mut rx = self.running.reloads();
+        tokio::time::timeout(EVENT_TIMEOUT, rx.wait_for(|c| c.attempts >= attempts))
+            .await
+            .expect("no reload attempt in time")
+            .expect("reloader gone");
+    }
+
+    /// Reload attempts finished so far.
+    pub fn attempts(&self) -> u64 {
+        self.running.reloads().borrow().attempts
     }
 
     /// Waits until at least `failures` reloads have been rejected.
