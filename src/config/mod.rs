@@ -245,7 +245,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Table, ConfigError> {
         }],
     })?;
     let mut compiler = Compiler {
-        text,
+        lines: Lines::new(text),
         problems: Vec::new(),
     };
     let table = compiler.table(raw, file);
@@ -266,14 +266,30 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-struct Compiler<'t> {
-    text: &'t str,
+/// Byte offsets where lines start, so every route's line is a binary search
+/// (a 10,000-route table must not cost a scan of the file per route).
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn new(text: &str) -> Self {
+        let starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1));
+        Lines(starts.collect())
+    }
+
+    /// The 1-based line holding byte `offset`.
+    fn of(&self, offset: usize) -> usize {
+        self.0.partition_point(|&start| start <= offset)
+    }
+}
+
+struct Compiler {
+    lines: Lines,
     problems: Vec<Problem>,
 }
 
-impl Compiler<'_> {
+impl Compiler {
     fn problem(&mut self, offset: Option<usize>, message: String) {
-        let line = offset.map(|o| line_of(self.text, o));
+        let line = offset.map(|o| self.lines.of(o));
         self.problems.push(Problem { line, message });
     }
 
@@ -343,7 +359,7 @@ impl Compiler<'_> {
         for route in &raw.routes {
             let name = &route.get_ref().name;
             if let Some(first) = seen.insert(name.clone(), route.span().start) {
-                let first_line = line_of(self.text, first);
+                let first_line = self.lines.of(first);
                 self.problem(
                     Some(route.span().start),
                     format!("route \"{name}\": name already used by the route at line {first_line}; names must be unique"),
@@ -362,10 +378,15 @@ impl Compiler<'_> {
             Err(ties) => {
                 for tie in ties {
                     let (a, b) = (&routes[tie.first], &routes[tie.second]);
+                    let methods = if a.spec.methods.is_none() && b.spec.methods.is_none() {
+                        "neither lists `methods`"
+                    } else {
+                        "their `methods` overlap"
+                    };
                     self.problems.push(Problem {
                         line: Some(b.line),
                         message: format!(
-                            "route \"{}\" ties with route \"{}\" (line {}): same {} and overlapping methods; \
+                            "route \"{}\" ties with route \"{}\" (line {}): same {} and {methods}; \
                              give them different paths or disjoint `methods`",
                             b.name, a.name, a.line, b.spec.pattern
                         ),
@@ -519,7 +540,7 @@ impl Compiler<'_> {
         default_timeout: Duration,
     ) -> Option<Route> {
         let at = raw.span().start;
-        let line = line_of(self.text, at);
+        let line = self.lines.of(at);
         let r = raw.get_ref();
         let name = &r.name;
         let before = self.problems.len();
