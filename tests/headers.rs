@@ -11,82 +11,14 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-/// A response read from a raw connection: exactly the header lines ficus wrote.
-#[derive(Debug)]
-struct RawResponse {
-    status: u16,
-    /// Names lowercased, in wire order.
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl RawResponse {
-    fn values(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-}
 
 /// Sends `request` on a new connection and reads one content-length-framed response.
 async fn exchange(addr: SocketAddr, request: &str) -> RawResponse {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        read_more(&mut stream, &mut buf).await;
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not a status line: {status_line:?}"));
-    let headers: Vec<(String, String)> = lines
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (name, value) = l.split_once(':').expect("header line");
-            (name.trim().to_ascii_lowercase(), value.trim().to_owned())
-        })
-        .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .map(|(_, v)| v.parse().expect("content-length"))
-        .unwrap_or_else(|| panic!("response without content-length: {head:?}"));
-    while buf.len() < head_end + length {
-        read_more(&mut stream, &mut buf).await;
-    }
-    let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned();
-    RawResponse {
-        status,
-        headers,
-        body,
-    }
-}
-
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) {
-    let mut chunk = [0u8; 4096];
-    let n = tokio::time::timeout(EVENT_TIMEOUT, stream.read(&mut chunk))
-        .await
-        .expect("response in time")
-        .expect("read");
-    assert!(
-        n > 0,
-        "connection closed mid-response after {:?}",
-        String::from_utf8_lossy(buf)
-    );
-    buf.extend_from_slice(&chunk[..n]);
+    read_response(&mut stream).await
 }
 
 /// Every value of `name` the backend received, in order.

@@ -55,35 +55,7 @@ async fn until_closed(stream: &mut TcpStream, since: Instant, limit: Duration) -
 
 /// Reads one content-length-framed response and returns its status.
 async fn read_status(stream: &mut TcpStream) -> u16 {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().expect("content-length"))
-                .unwrap_or_else(|| panic!("response without content-length: {head:?}"));
-            if buf.len() >= i + 4 + length {
-                return head
-                    .split(' ')
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .expect("status");
-            }
-        }
-        let n = tokio::time::timeout(EVENT_TIMEOUT, stream.read(&mut chunk))
-            .await
-            .expect("response in time")
-            .expect("read");
-        assert!(
-            n > 0,
-            "closed mid-response: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    read_response(stream).await.status
 }
 
 /// Asserts that the backend's only request is a GET of `path` sent now: nothing
