@@ -163,6 +163,10 @@ fn route_shape_errors() {
             "must be greater than zero",
         ),
         (
+            "path = \"/a\"\nupstream = \"legacy\"\ntimeout = \"25h\"",
+            "must be at most 24h",
+        ),
+        (
             "path = \"/a\"\nupstream = \"legacy\"\nsticky = \"header:x\"",
             "`sticky` only applies to a `split`",
         ),

@@ -21,6 +21,9 @@ use crate::routing::split::{BUCKETS, Split, StickyKey};
 use crate::routing::{Pattern, RouteSpec, Router};
 use file::{FileRoute, FileTable, FileUpstream};
 
+/// Longest duration any key accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 /// Largest table file ficus reads.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -302,11 +305,16 @@ impl Compiler {
     ) -> Duration {
         match value.map(|v| duration::parse(v)) {
             None => default,
-            Some(Ok(d)) if !d.is_zero() => d,
-            Some(Ok(_)) => {
+            Some(Ok(d)) if d.is_zero() => {
                 self.problem(Some(at), format!("{key}: must be greater than zero"));
                 default
             }
+            // Timers add durations to `Instant`s; absurd values would overflow them.
+            Some(Ok(d)) if d > MAX_DURATION => {
+                self.problem(Some(at), format!("{key}: must be at most 24h"));
+                default
+            }
+            Some(Ok(d)) => d,
             Some(Err(e)) => {
                 self.problem(Some(at), format!("{key}: {e}"));
                 default
