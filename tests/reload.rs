@@ -595,3 +595,51 @@ async fn reverting_a_broken_edit_to_the_serving_bytes_clears_the_reload_error() 
     assert_eq!(routes["generation"], 1, "nothing new was applied");
     assert_eq!(proxy.get("/x").await.body, "legacy");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_under_load_never_fail_while_the_table_flips() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let upstreams = [("legacy", &a), ("new", &b)];
+    let to_a = table(&upstreams, &route("api", "/api", "legacy"));
+    let to_b = table(&upstreams, &route("api", "/api", "new"));
+    let proxy = TestProxy::start(&to_a).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url, stop) = (proxy.client.clone(), proxy.url("/api/x"), stop.clone());
+            tokio::spawn(async move {
+                let mut bodies = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let request = Request::get(url.as_str())
+                        .body(Full::new(Bytes::new()))
+                        .unwrap();
+                    let answer = fetch(&client, request).await;
+                    bodies.push((answer.status, answer.body));
+                }
+                bodies
+            })
+        })
+        .collect();
+    // Each flip waits out the 250 ms debounce, so a dozen keeps the test short.
+    for flip in 0..12u64 {
+        save_by_rename(&proxy, if flip % 2 == 0 { &to_b } else { &to_a });
+        proxy.wait_for_generation(flip + 2).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut served = 0;
+    for client in clients {
+        for (status, body) in client.await.unwrap() {
+            assert_eq!(
+                status,
+                StatusCode::OK,
+                "a request failed during reloads: {body}"
+            );
+            assert!(body == "a" || body == "b", "unexpected answer {body}");
+            served += 1;
+        }
+    }
+    assert!(
+        served > 12,
+        "the load actually ran during the reloads ({served} requests)"
+    );
+}
