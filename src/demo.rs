@@ -82,7 +82,7 @@ Try:
   curl -s -X DELETE http://{proxy}/api/users/42           # method not listed: falls back to legacy
   curl -s http://{proxy}/api/messages/inbox -H 'x-user-id: alice'   # canary split, sticky per user
   for u in $(seq 1 20); do curl -s http://{proxy}/api/messages -H "x-user-id: user-$u"; done
-  curl -s http://{proxy}/API/Users/../users/42            # normalized before routing: still users
+  curl -s --path-as-is http://{proxy}/API/Users/../users/42   # normalized before routing: still users
   cargo run --release -- explain --config {table} GET /api/messages -H 'x-user-id: alice'
 
 Then edit {table} (for example move the messages split to 50/50, or point users-read at legacy),
