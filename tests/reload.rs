@@ -184,7 +184,7 @@ async fn in_place_write_reroutes_the_next_request() {
     assert_eq!(proxy.get("/api/orders").await.body, "a");
 
     proxy
-        .rewrite(&table(&upstreams, &route("api", "/api", "new")))
+        .rewrite_in_place(&table(&upstreams, &route("api", "/api", "new")))
         .await;
     proxy.wait_for_generation(2).await;
 
@@ -193,7 +193,9 @@ async fn in_place_write_reroutes_the_next_request() {
     assert_eq!(proxy.running.generation(), 2);
     assert_eq!(proxy.metric(GENERATION).await, 2.0);
     assert_eq!(proxy.metric(SUCCESSES).await, 1.0);
-    assert_eq!(proxy.metric(FAILURES).await, 0.0);
+    // An in-place write can be read between its truncate and its write (README: write by
+    // rename); that read is rejected as an empty table, never applied.
+    assert!(proxy.metric(FAILURES).await <= 1.0);
     assert_eq!(b.requests().len(), 1);
 }
 
@@ -481,7 +483,7 @@ async fn rewriting_identical_bytes_does_not_bump_generation() {
 
     // Same bytes, written in place: ficus reads them (so they are not coalesced
     // with the next edit), sees nothing new and keeps generation 1.
-    proxy.rewrite(&original).await;
+    proxy.rewrite_in_place(&original).await;
     events.wait_for_read_after_write(&proxy.table).await;
 
     // By rename, so a read still in progress keeps seeing the identical bytes.
@@ -517,7 +519,7 @@ async fn burst_of_writes_coalesces_and_the_last_write_wins() {
     // is slow enough that without the debounce each write would get its own
     // reload (the pacing shapes the input; it synchronises nothing).
     for i in 0..50 {
-        proxy.rewrite(&version(i)).await;
+        proxy.rewrite_in_place(&version(i)).await;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let last = version(49);

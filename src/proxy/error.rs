@@ -19,6 +19,15 @@ pub enum ProxyError {
     /// The request target is longer than ficus accepts.
     #[error("request target too long")]
     UriTooLong,
+    /// Host is missing (HTTP/1.1), repeated, or not a plain `host[:port]`.
+    #[error("missing, repeated or malformed Host")]
+    BadHost,
+    /// The client's request body failed (it went away or broke framing) while forwarding.
+    #[error("client aborted its request body: {cause}")]
+    ClientAborted {
+        /// The underlying error, for logs.
+        cause: String,
+    },
     /// The upstream failed; the cause is logged, never sent to the client.
     #[error("upstream {kind:?}: {cause}")]
     Upstream {
@@ -33,7 +42,10 @@ impl ProxyError {
     /// The status the client sees. No catch-all arm: a new variant must choose.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadPath(_) | ProxyError::BadTarget => StatusCode::BAD_REQUEST,
+            ProxyError::BadPath(_) | ProxyError::BadTarget | ProxyError::BadHost => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::ClientAborted { .. } => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::Upstream { kind, .. } => match kind {
                 UpstreamErrorKind::Connect | UpstreamErrorKind::Protocol => StatusCode::BAD_GATEWAY,
@@ -50,6 +62,8 @@ impl ProxyError {
             ProxyError::BadPath(_) => "bad_path",
             ProxyError::BadTarget => "bad_target",
             ProxyError::UriTooLong => "uri_too_long",
+            ProxyError::BadHost => "bad_host",
+            ProxyError::ClientAborted { .. } => "client_aborted",
             ProxyError::Upstream { kind, .. } => match kind {
                 UpstreamErrorKind::Connect => "upstream_connect",
                 UpstreamErrorKind::ConnectTimeout => "upstream_connect_timeout",
@@ -77,8 +91,27 @@ impl ProxyError {
     }
 }
 
-/// Classifies a client error from hyper-util into a closed kind.
-pub fn classify(error: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
+/// Turns a hyper-util client error into whose fault it was: the client's body
+/// failing is the client's, everything else the upstream's (by closed kind).
+pub fn from_client_error(error: &hyper_util::client::legacy::Error) -> ProxyError {
+    let cause = error_chain(error);
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_user())
+        {
+            return ProxyError::ClientAborted { cause };
+        }
+        source = e.source();
+    }
+    ProxyError::Upstream {
+        kind: classify(error),
+        cause,
+    }
+}
+
+/// Classifies an upstream failure into a closed kind.
+fn classify(error: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
     if error.is_connect() {
         let mut source: Option<&(dyn std::error::Error + 'static)> =
             std::error::Error::source(error);
@@ -94,4 +127,16 @@ pub fn classify(error: &hyper_util::client::legacy::Error) -> UpstreamErrorKind 
     } else {
         UpstreamErrorKind::Protocol
     }
+}
+
+/// An error and its causes on one line, for logs.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }

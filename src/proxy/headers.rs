@@ -61,10 +61,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Sets the forwarding headers on a request bound upstream: appends the peer to
-/// `X-Forwarded-For`, sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
-pub fn set_forwarding(headers: &mut HeaderMap, peer: IpAddr, host: Option<&HeaderValue>) {
-    let peer_value = ip_header_value(peer);
+/// Sets the forwarding headers on a request bound upstream: appends the peer
+/// (`peer_value`, see [`ip_header_value`]) to `X-Forwarded-For`, sets
+/// `X-Forwarded-Proto` and `X-Forwarded-Host`.
+pub fn set_forwarding(
+    headers: &mut HeaderMap,
+    peer_value: &HeaderValue,
+    host: Option<&HeaderValue>,
+) {
     match headers.get(&X_FORWARDED_FOR) {
         Some(existing) => {
             // Several incoming lines are folded into one, as RFC 9110 §5.3 allows.
@@ -81,7 +85,7 @@ pub fn set_forwarding(headers: &mut HeaderMap, peer: IpAddr, host: Option<&Heade
             headers.insert(&X_FORWARDED_FOR, value);
         }
         None => {
-            headers.insert(&X_FORWARDED_FOR, peer_value);
+            headers.insert(&X_FORWARDED_FOR, peer_value.clone());
         }
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -91,13 +95,25 @@ pub fn set_forwarding(headers: &mut HeaderMap, peer: IpAddr, host: Option<&Heade
     };
 }
 
-fn ip_header_value(ip: IpAddr) -> HeaderValue {
+/// A client IP as a header value (IPv4-mapped IPv6 shown as IPv4). Computed once per connection.
+pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
     // An IP address is always a valid header value; the fallback is unreachable.
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     };
     HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Whether a Host value is a plain `host[:port]`: registered-name, IPv4 or
+/// bracketed IPv6 characters only, no userinfo, no path, no spaces.
+pub fn is_valid_host(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value.len() <= 255
+        && value.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'[' | b']' | b'%')
+        })
 }
 
 /// A request id the client sent, if it is reasonable to pass on: short and printable.
@@ -172,16 +188,21 @@ mod tests {
             ("x-forwarded-for", "10.0.0.1"),
             ("x-forwarded-for", "10.0.0.2"),
         ]);
+        let local = ip_header_value("127.0.0.1".parse().unwrap());
         set_forwarding(
             &mut headers,
-            "127.0.0.1".parse().unwrap(),
+            &local,
             Some(&HeaderValue::from_static("example.com")),
         );
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["x-forwarded-host"], "example.com");
         let mut fresh = HeaderMap::new();
-        set_forwarding(&mut fresh, "::ffff:127.0.0.2".parse().unwrap(), None);
+        set_forwarding(
+            &mut fresh,
+            &ip_header_value("::ffff:127.0.0.2".parse().unwrap()),
+            None,
+        );
         assert_eq!(fresh["x-forwarded-for"], "127.0.0.2");
         assert!(!fresh.contains_key("x-forwarded-host"));
     }

@@ -4,31 +4,32 @@
 //! routes, forwards, and turns every error into a response; it records the
 //! request's metrics and writes its access log exactly once.
 
+pub mod body;
 pub mod error;
 pub mod headers;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{HOST, HeaderValue};
-use http::{Method, Request, Response, Uri, Version};
-use http_body_util::{Either, Full};
+use http::header::{HOST, HeaderValue, TRANSFER_ENCODING};
+use http::uri::{PathAndQuery, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body;
 use hyper::body::Incoming;
 
 use crate::metrics::{BackendMetrics, Metrics, NO_UPSTREAM, UpstreamErrorKind};
 use crate::routing::path;
 use crate::snapshot::{DEFAULT_ROUTE, Decision, Snapshot};
+pub use body::ResponseBody;
 use error::ProxyError;
 use headers::X_REQUEST_ID;
 
 /// Longest request target (path and query) ficus accepts.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
-
-/// Body of every response ficus sends: the upstream's, streamed, or its own small one.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 
 /// What the data path shares: the current table and the metrics.
 pub struct ProxyState {
@@ -53,11 +54,39 @@ impl ProxyState {
     }
 }
 
+/// Per-connection facts, computed once when the connection is accepted.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// The client's IP as a header value, for `X-Forwarded-For`.
+    pub forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    /// Facts about the client at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Peer {
+            addr,
+            forwarded_for: headers::ip_header_value(addr.ip()),
+        }
+    }
+}
+
+/// A request that passed validation, with where it goes.
+struct Routed<'s> {
+    decision: Decision<'s>,
+    /// The normalized path and the original query: what the upstream receives.
+    target: PathAndQuery,
+    /// The Host the client meant, validated.
+    host: Option<HeaderValue>,
+}
+
 /// Serves one request. Never fails: every error becomes a response.
 pub async fn handle(
     state: &ProxyState,
     request: Request<Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
     // One load per request: the whole request is served by this generation.
@@ -66,14 +95,18 @@ pub async fn handle(
         .cloned()
         .unwrap_or_else(headers::new_request_id);
     let method = request.method().clone();
-    let raw_path = request.uri().path().to_owned();
 
-    let (decision, result) = match route(&snapshot, &request) {
-        Ok((normalized, decision)) => {
-            let result = forward(&decision, request, peer, &normalized, &request_id).await;
-            (Some(decision), result)
+    let (decision, log_path, result) = match route(&snapshot, &request) {
+        Ok(Routed {
+            decision,
+            target,
+            host,
+        }) => {
+            let log_path = target.clone();
+            let result = forward(&decision, request, peer, target, host, &request_id).await;
+            (Some(decision), Some(log_path), result)
         }
-        Err(e) => (None, Err(e)),
+        Err(e) => (None, request.uri().path_and_query().cloned(), Err(e)),
     };
     let elapsed = start.elapsed();
     let (route, upstream, metrics) = match &decision {
@@ -84,14 +117,21 @@ pub async fn handle(
         ),
         None => (DEFAULT_ROUTE, NO_UPSTREAM, &state.unrouted),
     };
+    let path = log_path.as_ref().map_or("", |p| p.as_str());
     let mut response = match result {
-        Ok(response) => response.map(Either::Left),
+        Ok(response) => response.map(ResponseBody::upstream),
         Err(error) => {
-            if let ProxyError::Upstream { kind, cause } = &error {
-                metrics.upstream_error(*kind);
-                tracing::warn!(route, upstream, %method, path = %raw_path, kind = kind.as_str(), %cause, request_id = ?request_id, "upstream request failed");
+            match &error {
+                ProxyError::Upstream { kind, cause } => {
+                    metrics.upstream_error(*kind);
+                    tracing::warn!(route, upstream, %method, path, kind = kind.as_str(), %cause, request_id = ?request_id, "upstream request failed");
+                }
+                ProxyError::ClientAborted { cause } => {
+                    tracing::info!(route, upstream, %method, path, %cause, request_id = ?request_id, "client aborted its request body");
+                }
+                _ => {}
             }
-            error.to_response(&request_id).map(Either::Right)
+            error.to_response(&request_id).map(ResponseBody::full)
         }
     };
     response
@@ -104,7 +144,7 @@ pub async fn handle(
         route,
         upstream,
         %method,
-        path = %raw_path,
+        path,
         status = status.as_u16(),
         duration_ms = elapsed.as_secs_f64() * 1e3,
         request_id = %String::from_utf8_lossy(request_id.as_bytes()),
@@ -113,11 +153,11 @@ pub async fn handle(
     response
 }
 
-/// Validates the target, normalizes the path and picks the backend.
+/// Validates the target and Host, normalizes the path and picks the backend.
 fn route<'s>(
     snapshot: &'s Snapshot,
     request: &Request<Incoming>,
-) -> Result<(String, Decision<'s>), ProxyError> {
+) -> Result<Routed<'s>, ProxyError> {
     if request.method() == Method::CONNECT {
         return Err(ProxyError::BadTarget);
     }
@@ -132,42 +172,84 @@ fn route<'s>(
     {
         return Err(ProxyError::UriTooLong);
     }
+    let host = client_host(request)?;
     let normalized = path::normalize(uri.path())?;
     let id = snapshot.table.router.route(request.method(), &normalized);
+    let target = match normalized {
+        // The common case: the path was canonical, so the parsed target is reused as is.
+        Cow::Borrowed(_) => uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        Cow::Owned(path) => {
+            let mut text = path;
+            if let Some(query) = uri.query() {
+                text.push('?');
+                text.push_str(query);
+            }
+            PathAndQuery::from_maybe_shared(Bytes::from(text)).map_err(|_| ProxyError::BadTarget)?
+        }
+    };
     let decision = snapshot.decide(id, request.headers());
-    Ok((normalized.into_owned(), decision))
+    Ok(Routed {
+        decision,
+        target,
+        host,
+    })
+}
+
+/// The Host the client meant: the authority for HTTP/2 and absolute-form targets,
+/// else its single, well-formed Host header (RFC 9112 §3.2).
+fn client_host(request: &Request<Incoming>) -> Result<Option<HeaderValue>, ProxyError> {
+    let mut hosts = request.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadHost);
+    }
+    if let Some(authority) = request.uri().authority() {
+        return match HeaderValue::from_str(authority.as_str()) {
+            Ok(value) if headers::is_valid_host(value.as_bytes()) => Ok(Some(value)),
+            _ => Err(ProxyError::BadHost),
+        };
+    }
+    match host {
+        Some(host) if headers::is_valid_host(host.as_bytes()) => Ok(Some(host.clone())),
+        Some(_) => Err(ProxyError::BadHost),
+        None if request.version() == Version::HTTP_11 => Err(ProxyError::BadHost),
+        None => Ok(None),
+    }
 }
 
 /// Rewrites the request for the chosen upstream and sends it.
 async fn forward(
     decision: &Decision<'_>,
     request: Request<Incoming>,
-    peer: SocketAddr,
-    normalized_path: &str,
+    peer: &Peer,
+    target: PathAndQuery,
+    host: Option<HeaderValue>,
     request_id: &HeaderValue,
 ) -> Result<Response<Incoming>, ProxyError> {
     let (mut parts, body) = request.into_parts();
     let upstream = &decision.backend.upstream;
     let endpoint = upstream.endpoint();
 
-    // The Host the client meant: the authority for HTTP/2 and absolute-form, else its Host header.
-    let host: Option<HeaderValue> = match parts.uri.authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => parts.headers.get(HOST).cloned(),
-    };
-    let mut target = String::with_capacity(normalized_path.len() + 64);
-    target.push_str("http://");
-    target.push_str(endpoint.authority.as_str());
-    target.push_str(normalized_path);
-    if let Some(query) = parts.uri.query() {
-        target.push('?');
-        target.push_str(query);
-    }
-    parts.uri = Uri::try_from(target).map_err(|_| ProxyError::BadTarget)?;
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(endpoint.scheme.clone());
+    uri.authority = Some(endpoint.authority.clone());
+    uri.path_and_query = Some(target);
+    parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::BadTarget)?;
     // Upstreams speak HTTP/1.1; hyper's client refuses to send an HTTP/2 request to them.
     parts.version = Version::HTTP_11;
     headers::strip_hop_by_hop(&mut parts.headers);
-    headers::set_forwarding(&mut parts.headers, peer.ip(), host.as_ref());
+    // With Transfer-Encoding stripped, a body of unknown length (chunked, or HTTP/2 DATA
+    // without content-length) must be re-framed explicitly: hyper's client would send a
+    // GET's unannounced body as empty.
+    if !body.is_end_stream() && body.size_hint().exact().is_none() {
+        parts
+            .headers
+            .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
+    headers::set_forwarding(&mut parts.headers, &peer.forwarded_for, host.as_ref());
     if let Some(host) = host {
         parts.headers.insert(HOST, host);
     }
@@ -180,12 +262,7 @@ async fn forward(
     .await;
     let mut response = match sent {
         Ok(Ok(response)) => response,
-        Ok(Err(e)) => {
-            return Err(ProxyError::Upstream {
-                kind: error::classify(&e),
-                cause: error_chain(&e),
-            });
-        }
+        Ok(Err(e)) => return Err(error::from_client_error(&e)),
         Err(_) => {
             return Err(ProxyError::Upstream {
                 kind: UpstreamErrorKind::Timeout,
@@ -193,19 +270,15 @@ async fn forward(
             });
         }
     };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // ficus strips Upgrade, so a 101 was never asked for: never open a tunnel on it.
+        return Err(ProxyError::Upstream {
+            kind: UpstreamErrorKind::Protocol,
+            cause: "unsolicited 101 Switching Protocols".into(),
+        });
+    }
     headers::strip_hop_by_hop(response.headers_mut());
     Ok(response)
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 /// Cheap handle to the proxy's state, cloned into every connection.

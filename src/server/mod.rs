@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::ServerSettings;
-use crate::proxy::{self, SharedState};
+use crate::proxy::{self, Peer, SharedState};
 use io::{ConnActivity, ConnTimeouts, TimedIo};
 
 /// Most concurrent HTTP/2 streams per client connection (reliability.md §2).
@@ -112,13 +112,14 @@ pub async fn serve(
         let activity = Arc::new(ConnActivity::default());
         let io = TokioIo::new(TimedIo::new(stream, activity.clone(), timeouts));
         let state = state.clone();
+        let client = Arc::new(Peer::new(peer));
         let service = service_fn(move |request| {
-            let state = state.clone();
+            let (state, client) = (state.clone(), client.clone());
+            // Held until the response body ends: the connection's timeouts stay off meanwhile.
             let guard = activity.request_started();
             async move {
-                let response = proxy::handle(&state, request, peer).await;
-                drop(guard);
-                Ok::<_, Infallible>(response)
+                let response = proxy::handle(&state, request, &client).await;
+                Ok::<_, Infallible>(response.map(|body| body.with_guard(guard)))
             }
         });
         let builder = builder.clone();

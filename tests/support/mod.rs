@@ -316,8 +316,16 @@ impl TestProxy {
             .unwrap_or(0.0)
     }
 
-    /// Replaces the table in place (truncate + write). Wait with `wait_for_generation`/`wait_for_failures`.
+    /// Replaces the table atomically (write a temp file, rename it over the table), as
+    /// editors and ConfigMaps do. Wait with `wait_for_generation`/`wait_for_failures`.
     pub async fn rewrite(&self, toml: &str) {
+        let temp = self.dir.path().join(".routes.toml.tmp");
+        std::fs::write(&temp, toml).expect("write temp table");
+        std::fs::rename(&temp, &self.table).expect("rename over the table");
+    }
+
+    /// Replaces the table in place (truncate + write): a reload may read it half-written.
+    pub async fn rewrite_in_place(&self, toml: &str) {
         std::fs::write(&self.table, toml).expect("rewrite table");
     }
 
