@@ -6,7 +6,7 @@
 //! route/upstream pair are resolved once per table generation
 //! ([`Metrics::backend`]), so the data path does no label lookups.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use http::StatusCode;
 use prometheus::{
@@ -131,7 +131,8 @@ impl Metrics {
                     .with_label_values(&[route, upstream, kind.as_str()])
             }),
             codes: Default::default(),
-            requests: self.requests.clone(),
+            rare_codes: Mutex::default(),
+            families: self.clone(),
             route: route.into(),
             upstream: upstream.into(),
         }))
@@ -162,7 +163,10 @@ struct BackendInner {
     errors: [IntCounter; 4],
     /// Created on first use so that codes never seen add no series.
     codes: [OnceLock<IntCounter>; COMMON_CODES.len()],
-    requests: IntCounterVec,
+    /// Codes outside [`COMMON_CODES`] seen so far, so [`BackendMetrics::retire`] can
+    /// remove their series. Locked only on that rare path.
+    rare_codes: Mutex<Vec<u16>>,
+    families: Metrics,
     route: Box<str>,
     upstream: Box<str>,
 }
@@ -185,15 +189,58 @@ impl BackendMetrics {
         let code = status.as_u16();
         match COMMON_CODES.iter().position(|&c| c == code) {
             Some(i) => inner.codes[i].get_or_init(|| self.counter(status)).inc(),
-            None => self.counter(status).inc(),
+            None => {
+                if let Ok(mut seen) = inner.rare_codes.lock()
+                    && !seen.contains(&code)
+                {
+                    seen.push(code);
+                }
+                self.counter(status).inc()
+            }
         }
+    }
+
+    /// Removes every series of this route/upstream pair: called when a reload
+    /// drops the pair, so the exported series stay bounded by the live table.
+    pub fn retire(&self) {
+        let inner = &*self.0;
+        let (route, upstream) = (&*inner.route, &*inner.upstream);
+        let families = &inner.families;
+        let _ = families.duration.remove_label_values(&[route, upstream]);
+        for kind in UpstreamErrorKind::ALL {
+            let _ = families
+                .upstream_errors
+                .remove_label_values(&[route, upstream, kind.as_str()]);
+        }
+        let rare = inner
+            .rare_codes
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        let common = COMMON_CODES
+            .iter()
+            .zip(&inner.codes)
+            .filter(|(_, c)| c.get().is_some())
+            .map(|(code, _)| *code);
+        for code in common.chain(rare) {
+            let _ = families
+                .requests
+                .remove_label_values(&[route, upstream, &code.to_string()]);
+        }
+    }
+
+    /// The route and upstream labels.
+    pub fn labels(&self) -> (&str, &str) {
+        (&self.0.route, &self.0.upstream)
     }
 
     fn counter(&self, status: StatusCode) -> IntCounter {
         let inner = &*self.0;
-        inner
-            .requests
-            .with_label_values(&[&*inner.route, &*inner.upstream, status.as_str()])
+        inner.families.requests.with_label_values(&[
+            &*inner.route,
+            &*inner.upstream,
+            status.as_str(),
+        ])
     }
 
     /// Counts an upstream failure.

@@ -130,6 +130,10 @@ impl Reloader {
         let snapshot =
             Snapshot::build(table, hash, generation, &self.state.metrics, Some(&current));
         self.state.snapshot.store(Arc::new(snapshot));
+        self.state
+            .snapshot
+            .load()
+            .retire_metrics_missing_from(&current);
         self.state.metrics.reload(true);
         self.state.metrics.set_generation(generation);
         self.last_rejected = None;

@@ -6,6 +6,7 @@
 //! current one, and each request keeps the `Arc` it loaded at its start, so a
 //! request is served entirely by one generation.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,9 +79,18 @@ impl Snapshot {
                     .unwrap_or_else(|| Arc::new(Upstream::new(spec.clone())))
             })
             .collect();
-        let backend = |route: &str, index: usize| Backend {
-            upstream: upstreams[index].clone(),
-            metrics: metrics.backend(route, &upstreams[index].spec.name),
+        // One metrics instance per route/upstream pair for the pair's whole life, so it
+        // knows every series it created when a reload retires it.
+        let previous_metrics: HashMap<(&str, &str), &BackendMetrics> = previous
+            .map(|p| p.backend_metrics().map(|m| (m.labels(), m)).collect())
+            .unwrap_or_default();
+        let backend = |route: &str, index: usize| {
+            let upstream = upstreams[index].clone();
+            let metrics = match previous_metrics.get(&(route, upstream.spec.name.as_str())) {
+                Some(existing) => (*existing).clone(),
+                None => metrics.backend(route, &upstream.spec.name),
+            };
+            Backend { upstream, metrics }
         };
         let routes = table
             .routes
@@ -102,6 +112,26 @@ impl Snapshot {
             upstreams,
             routes,
             default,
+        }
+    }
+
+    /// Every route/upstream pair's metric handles, the default route's included.
+    pub fn backend_metrics(&self) -> impl Iterator<Item = &BackendMetrics> {
+        self.routes
+            .iter()
+            .flat_map(|r| r.0.iter())
+            .chain(std::iter::once(&self.default))
+            .map(|b| &b.metrics)
+    }
+
+    /// Removes the series of pairs `previous` had and this generation does not.
+    pub fn retire_metrics_missing_from(&self, previous: &Snapshot) {
+        let live: HashSet<(&str, &str)> = self.backend_metrics().map(|m| m.labels()).collect();
+        for gone in previous
+            .backend_metrics()
+            .filter(|m| !live.contains(&m.labels()))
+        {
+            gone.retire();
         }
     }
 

@@ -156,3 +156,43 @@ async fn admin_endpoints_are_not_served_on_the_proxy_port() {
     assert!(!answer.body.contains("ficus_requests_total"));
     assert_eq!(legacy.requests()[0].target, "/metrics");
 }
+
+#[tokio::test]
+async fn series_of_removed_routes_are_dropped_on_reload() {
+    let legacy = Backend::start("legacy").await;
+    let base = table(&[("legacy", &legacy)], "");
+    let with_route = |name: &str| {
+        format!("{base}[[routes]]\nname = \"{name}\"\nprefix = \"/a\"\nupstream = \"legacy\"\n")
+    };
+    let proxy = TestProxy::start(&with_route("r0")).await;
+    for i in 1..=5u64 {
+        assert_eq!(proxy.get("/a").await.status, 200);
+        assert_eq!(proxy.get("/a/%zz").await.status, 400);
+        proxy.rewrite(&with_route(&format!("r{i}"))).await;
+        proxy.wait_for_generation(i + 1).await;
+    }
+    assert_eq!(proxy.get("/a").await.status, 200);
+    let text = proxy.admin_get("/metrics").await.body;
+    let routes: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("ficus_request"))
+        .filter_map(|l| l.split("route=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(
+        routes.into_iter().collect::<Vec<_>>(),
+        ["default", "r5"],
+        "only live routes keep series"
+    );
+    assert_eq!(
+        proxy
+            .metric(r#"ficus_requests_total{code="200",route="r5",upstream="legacy"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        proxy
+            .metric(r#"ficus_requests_total{code="400",route="default",upstream="none"}"#)
+            .await,
+        5.0
+    );
+}

@@ -18,6 +18,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
 
 use crate::config::ServerSettings;
 use crate::proxy::{self, Peer, SharedState};
@@ -83,6 +84,8 @@ pub async fn serve(
 ) {
     let builder = Arc::new(builder(&settings));
     let graceful = GracefulShutdown::new();
+    // Connection tasks, so the ones still open at the drain deadline can be closed.
+    let mut connections = JoinSet::new();
     let permits = Arc::new(Semaphore::new(settings.max_connections));
     let timeouts = ConnTimeouts {
         header_read: settings.header_read_timeout,
@@ -124,7 +127,9 @@ pub async fn serve(
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        // Reap finished connections as we go: the set stays as large as what is open.
+        while connections.try_join_next().is_some() {}
+        connections.spawn(async move {
             let connection = builder.serve_connection_with_upgrades(io, service);
             if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -137,6 +142,13 @@ pub async fn serve(
     tracing::info!(open_connections = open, drain_timeout = ?settings.drain_timeout, "draining");
     match tokio::time::timeout(settings.drain_timeout, graceful.shutdown()).await {
         Ok(()) => tracing::info!("drained"),
-        Err(_) => tracing::warn!("drain timeout reached; closing remaining connections"),
+        Err(_) => {
+            tracing::warn!(
+                open_connections = connections.len(),
+                "drain timeout reached; closing remaining connections"
+            );
+            connections.abort_all();
+            while connections.join_next().await.is_some() {}
+        }
     }
 }
