@@ -15,7 +15,7 @@
 pub mod path;
 pub mod split;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use http::Method;
 
@@ -174,7 +174,9 @@ impl Entries {
 
 #[derive(Debug, Default)]
 struct Node {
-    literal: HashMap<Box<str>, Node>,
+    /// FxHash: keys are the table's own literals, so request input cannot choose
+    /// collisions, and SipHash's DoS resistance would only cost time here.
+    literal: FxHashMap<Box<str>, Node>,
     param: Option<Box<Node>>,
     exact: Entries,
     prefix: Entries,

@@ -72,28 +72,77 @@ pub fn segments(path: &str) -> impl Iterator<Item = &str> {
 ///
 /// Deliberately conservative: anything unusual (any '%', bad byte, dot
 /// segment, "//") is left to the slow path, which also produces the errors.
+/// This runs on every request, so it is one pass over the bytes with a table lookup each.
 fn is_canonical(path: &str) -> bool {
-    let Some(rest) = path.strip_prefix('/') else {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
         return false;
-    };
-    let mut pieces = rest.split('/').peekable();
-    while let Some(segment) = pieces.next() {
-        // An empty piece is only fine as the last one: "/" or a trailing '/'.
-        if segment.is_empty() {
-            if pieces.peek().is_some() {
+    }
+    let mut segment_start = 1;
+    let mut has_params = false;
+    // One step past the end acts as a closing '/', so the last segment is checked too.
+    for i in 1..=bytes.len() {
+        let byte = bytes.get(i).copied().unwrap_or(b'/');
+        if byte == b'/' {
+            let segment = &bytes[segment_start..i];
+            if segment.is_empty() {
+                // Only fine as the last piece: "/" or a trailing '/'.
+                if i < bytes.len() {
+                    return false;
+                }
+            } else if is_dot_bytes(segment) || (has_params && is_dot_bytes(params_cut(segment))) {
                 return false;
             }
-            continue;
-        }
-        if is_dot(segment)
-            || param_head(segment).is_some_and(is_dot)
-            || !segment.bytes().all(is_literal_path_byte)
-        {
+            segment_start = i + 1;
+            has_params = false;
+        } else if !LITERAL_PATH_BYTE[usize::from(byte)] {
             return false;
+        } else if byte == b';' {
+            has_params = true;
         }
     }
     true
 }
+
+/// The part of a segment before its first ';'.
+fn params_cut(segment: &[u8]) -> &[u8] {
+    segment.split(|&b| b == b';').next().unwrap_or(segment)
+}
+
+fn is_dot_bytes(segment: &[u8]) -> bool {
+    segment == b"." || segment == b".."
+}
+
+/// [`is_literal_path_byte`] as a lookup table, for the per-request fast path.
+static LITERAL_PATH_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+            );
+        i += 1;
+    }
+    table
+};
 
 /// Full normalization, applying the rules in order so that errors are reported
 /// by priority (e.g. a raw '\' wins over a later bad escape).

@@ -157,3 +157,14 @@ fn randomized_inputs_are_safe_and_idempotent() {
     // Guard against a generator that only ever produces rejected paths.
     assert!(accepted > 1_000, "only {accepted} accepted");
 }
+
+#[test]
+fn fast_path_table_matches_the_byte_rule() {
+    for byte in 0..=255u8 {
+        assert_eq!(
+            LITERAL_PATH_BYTE[usize::from(byte)],
+            is_literal_path_byte(byte),
+            "byte {byte:#04x}"
+        );
+    }
+}
