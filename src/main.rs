@@ -214,3 +214,8 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().init(),
     }
 }
+
+// mimalloc: the data path allocates and frees small buffers on every request; glibc's
+// malloc spent ~10% of all instructions there under callgrind.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
