@@ -100,3 +100,40 @@ async fn pooled_connections_are_reused_within_pool_idle_timeout() {
         "keep-alive to the upstream: one connection for sequential requests"
     );
 }
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_never_used() {
+    // Misconfigured on purpose: the pool would keep connections 10 s, the upstream closes them
+    // after 100 ms. The closed connection must be skipped, not answered with a 502.
+    let (addr, connections) = node_like(Duration::from_millis(100)).await;
+    let toml = format!(
+        "default = \"legacy\"\n[upstreams.legacy]\nendpoints = [\"http://{addr}\"]\npool_idle_timeout = \"10s\"\n"
+    );
+    let proxy = TestProxy::start(&toml).await;
+    for _ in 0..3 {
+        assert_eq!(proxy.get("/").await.status, 200);
+        // Time is what is under test: outlive the upstream's keep-alive.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn bodiless_responses_return_their_connection_to_the_pool() {
+    let (addr, connections) = node_like(Duration::from_secs(5)).await;
+    let toml =
+        format!("default = \"legacy\"\n[upstreams.legacy]\nendpoints = [\"http://{addr}\"]\n");
+    let proxy = TestProxy::start(&toml).await;
+    for _ in 0..4 {
+        assert_eq!(
+            proxy.send(http::Method::HEAD, "/", &[], b"").await.status,
+            200
+        );
+    }
+    assert_eq!(proxy.get("/").await.body, "node");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "HEAD responses have no body to read, yet the connection is reused"
+    );
+}

@@ -9,20 +9,26 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::server::io::RequestGuard;
+use crate::upstream::PoolReturn;
 
 /// The upstream's body, streamed, or ficus's own small one; it holds the
 /// connection's [`RequestGuard`] so the request counts as in flight until the
 /// last byte is sent (connection idle timeouts must not cut a streaming response).
+///
+/// It also carries the upstream connection's [`PoolReturn`]: once the body has
+/// been read to its end, the connection goes back to its pool.
 pub struct ResponseBody {
     inner: Either<Incoming, Full<Bytes>>,
+    release: Option<PoolReturn>,
     _guard: Option<RequestGuard>,
 }
 
 impl ResponseBody {
-    /// An upstream's streamed body.
-    pub fn upstream(body: Incoming) -> Self {
+    /// An upstream's streamed body, and the way back to the pool for its connection.
+    pub fn upstream(body: Incoming, release: PoolReturn) -> Self {
         ResponseBody {
             inner: Either::Left(body),
+            release: Some(release),
             _guard: None,
         }
     }
@@ -31,6 +37,7 @@ impl ResponseBody {
     pub fn full(body: Full<Bytes>) -> Self {
         ResponseBody {
             inner: Either::Right(body),
+            release: None,
             _guard: None,
         }
     }
@@ -59,5 +66,17 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // hyper does not poll a body that is already at its end (HEAD, 204, 304, empty):
+        // the connection is still reusable. Anything else unread means it is not.
+        if let Some(release) = self.release.take()
+            && self.inner.is_end_stream()
+        {
+            release.finish();
+        }
     }
 }

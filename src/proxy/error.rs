@@ -6,6 +6,7 @@ use http_body_util::Full;
 
 use crate::metrics::UpstreamErrorKind;
 use crate::routing::path::PathError;
+use crate::upstream::SendError;
 
 /// Why ficus answered a request itself instead of relaying the upstream's answer.
 #[derive(Debug, thiserror::Error)]
@@ -91,41 +92,25 @@ impl ProxyError {
     }
 }
 
-/// Turns a hyper-util client error into whose fault it was: the client's body
+/// Turns a failed upstream exchange into whose fault it was: the client's body
 /// failing is the client's, everything else the upstream's (by closed kind).
-pub fn from_client_error(error: &hyper_util::client::legacy::Error) -> ProxyError {
+pub fn from_send_error(error: &SendError) -> ProxyError {
     let cause = error_chain(error);
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
-    while let Some(e) = source {
-        if e.downcast_ref::<hyper::Error>()
-            .is_some_and(|h| h.is_user())
-        {
-            return ProxyError::ClientAborted { cause };
-        }
-        source = e.source();
-    }
-    ProxyError::Upstream {
-        kind: classify(error),
-        cause,
-    }
-}
-
-/// Classifies an upstream failure into a closed kind.
-fn classify(error: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
-    if error.is_connect() {
-        let mut source: Option<&(dyn std::error::Error + 'static)> =
-            std::error::Error::source(error);
-        while let Some(e) = source {
-            if let Some(io) = e.downcast_ref::<std::io::Error>()
-                && io.kind() == std::io::ErrorKind::TimedOut
-            {
-                return UpstreamErrorKind::ConnectTimeout;
-            }
-            source = e.source();
-        }
-        UpstreamErrorKind::Connect
-    } else {
-        UpstreamErrorKind::Protocol
+    match error {
+        SendError::ConnectTimeout(_) => ProxyError::Upstream {
+            kind: UpstreamErrorKind::ConnectTimeout,
+            cause,
+        },
+        SendError::Connect(_) => ProxyError::Upstream {
+            kind: UpstreamErrorKind::Connect,
+            cause,
+        },
+        // hyper reports a failure of the body we gave it (the client's) as a user error.
+        SendError::Http(e) if e.is_user() => ProxyError::ClientAborted { cause },
+        SendError::Http(_) => ProxyError::Upstream {
+            kind: UpstreamErrorKind::Protocol,
+            cause,
+        },
     }
 }
 

@@ -24,6 +24,7 @@ use hyper::body::Incoming;
 use crate::metrics::{BackendMetrics, Metrics, NO_UPSTREAM, UpstreamErrorKind};
 use crate::routing::path;
 use crate::snapshot::{DEFAULT_ROUTE, Decision, Snapshot};
+use crate::upstream::PoolReturn;
 pub use body::ResponseBody;
 use error::ProxyError;
 use headers::X_REQUEST_ID;
@@ -119,7 +120,7 @@ pub async fn handle(
     };
     let path = log_path.as_ref().map_or("", |p| p.as_str());
     let mut response = match result {
-        Ok(response) => response.map(ResponseBody::upstream),
+        Ok((response, release)) => response.map(|body| ResponseBody::upstream(body, release)),
         Err(error) => {
             match &error {
                 ProxyError::Upstream { kind, cause } => {
@@ -228,16 +229,12 @@ async fn forward(
     target: PathAndQuery,
     host: Option<HeaderValue>,
     request_id: &HeaderValue,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<(Response<Incoming>, PoolReturn), ProxyError> {
     let (mut parts, body) = request.into_parts();
     let upstream = &decision.backend.upstream;
-    let endpoint = upstream.endpoint();
 
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(endpoint.scheme.clone());
-    uri.authority = Some(endpoint.authority.clone());
-    uri.path_and_query = Some(target);
-    parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::BadTarget)?;
+    // hyper's connection-level client writes the target as given: origin-form.
+    parts.uri = Uri::from(target);
     // Upstreams speak HTTP/1.1; hyper's client refuses to send an HTTP/2 request to them.
     parts.version = Version::HTTP_11;
     headers::strip_hop_by_hop(&mut parts.headers);
@@ -250,6 +247,7 @@ async fn forward(
             .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     }
     headers::set_forwarding(&mut parts.headers, &peer.forwarded_for, host.as_ref());
+    // Without one (an HTTP/1.0 client), the pool sets the endpoint's authority.
     if let Some(host) = host {
         parts.headers.insert(HOST, host);
     }
@@ -257,12 +255,12 @@ async fn forward(
 
     let sent = tokio::time::timeout(
         decision.timeout,
-        upstream.client.request(Request::from_parts(parts, body)),
+        upstream.send(Request::from_parts(parts, body)),
     )
     .await;
-    let mut response = match sent {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => return Err(error::from_client_error(&e)),
+    let (mut response, release) = match sent {
+        Ok(Ok(exchanged)) => exchanged,
+        Ok(Err(e)) => return Err(error::from_send_error(&e)),
         Err(_) => {
             return Err(ProxyError::Upstream {
                 kind: UpstreamErrorKind::Timeout,
@@ -278,7 +276,7 @@ async fn forward(
         });
     }
     headers::strip_hop_by_hop(response.headers_mut());
-    Ok(response)
+    Ok((response, release))
 }
 
 /// Cheap handle to the proxy's state, cloned into every connection.
