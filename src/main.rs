@@ -215,7 +215,3 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-// mimalloc: the data path allocates and frees small buffers on every request; glibc's
-// malloc spent ~10% of all instructions there under callgrind.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
