@@ -214,4 +214,3 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().init(),
     }
 }
-

@@ -245,3 +245,24 @@ async fn slow_upstream_response_is_not_cut_by_connection_timeouts() {
         start.elapsed()
     );
 }
+
+#[tokio::test]
+async fn partial_http2_preface_is_closed_after_header_read_timeout() {
+    let legacy = Backend::start("legacy").await;
+    let proxy = TestProxy::start(&table(&[("legacy", &legacy)], &server("3s"))).await;
+    let mut stream = TcpStream::connect(proxy.running.proxy_addr).await.unwrap();
+    let start = Instant::now();
+    stream.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let closed = until_closed(&mut stream, start, Duration::from_secs(5)).await;
+    assert!(
+        closed.after >= HEADER_READ,
+        "closed after {:?}",
+        closed.after
+    );
+    assert!(
+        closed.after < Duration::from_millis(1500),
+        "closed after {:?}: the idle timeout, not the header-read one",
+        closed.after
+    );
+    assert!(legacy.requests().is_empty());
+}
