@@ -122,14 +122,12 @@ impl Metrics {
         })
     }
 
-    /// Resolves the handles for one route/upstream pair.
+    /// Handles for one route/upstream pair. Series are created on first use, so a
+    /// 10,000-route table costs no memory (and no `/metrics` lines) for idle routes.
     pub fn backend(&self, route: &str, upstream: &str) -> BackendMetrics {
         BackendMetrics(Arc::new(BackendInner {
-            duration: self.duration.with_label_values(&[route, upstream]),
-            errors: UpstreamErrorKind::ALL.map(|kind| {
-                self.upstream_errors
-                    .with_label_values(&[route, upstream, kind.as_str()])
-            }),
+            duration: OnceLock::new(),
+            errors: Default::default(),
             codes: Default::default(),
             rare_codes: Mutex::default(),
             families: self.clone(),
@@ -159,8 +157,8 @@ const COMMON_CODES: [u16; 24] = [
 ];
 
 struct BackendInner {
-    duration: Histogram,
-    errors: [IntCounter; 4],
+    duration: OnceLock<Histogram>,
+    errors: [OnceLock<IntCounter>; 4],
     /// Created on first use so that codes never seen add no series.
     codes: [OnceLock<IntCounter>; COMMON_CODES.len()],
     /// Codes outside [`COMMON_CODES`] seen so far, so [`BackendMetrics::retire`] can
@@ -185,7 +183,15 @@ impl BackendMetrics {
     /// Records one answered request.
     pub fn record(&self, status: StatusCode, seconds: f64) {
         let inner = &*self.0;
-        inner.duration.observe(seconds);
+        inner
+            .duration
+            .get_or_init(|| {
+                inner
+                    .families
+                    .duration
+                    .with_label_values(&[&*inner.route, &*inner.upstream])
+            })
+            .observe(seconds);
         let code = status.as_u16();
         match COMMON_CODES.iter().position(|&c| c == code) {
             Some(i) => inner.codes[i].get_or_init(|| self.counter(status)).inc(),
@@ -249,6 +255,15 @@ impl BackendMetrics {
             .iter()
             .position(|&k| k == kind)
             .unwrap_or(0);
-        self.0.errors[index].inc();
+        let inner = &*self.0;
+        inner.errors[index]
+            .get_or_init(|| {
+                inner.families.upstream_errors.with_label_values(&[
+                    &*inner.route,
+                    &*inner.upstream,
+                    kind.as_str(),
+                ])
+            })
+            .inc();
     }
 }
