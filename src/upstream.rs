@@ -82,11 +82,6 @@ impl Upstream {
         }
     }
 
-    /// The next endpoint, round robin.
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.pool().endpoint
-    }
-
     fn pool(&self) -> &Arc<EndpointPool> {
         // Relaxed: the counter only spreads load; no other memory depends on it.
         let n = self.next.fetch_add(1, Ordering::Relaxed);
