@@ -148,6 +148,15 @@ fn run(threads: Option<usize>, config: PathBuf, demo: bool) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Listen for signals before anything starts: a SIGTERM that arrives while
+        // ficus is starting must drain and exit 0, not kill the process.
+        let mut signals = match Signals::new() {
+            Ok(signals) => signals,
+            Err(e) => {
+                eprintln!("cannot listen for signals: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         if demo && let Err(e) = ficus::demo::start_stand_ins().await {
             eprintln!("{e}\nIs another demo (or something else) using these ports?");
             return ExitCode::FAILURE;
@@ -169,37 +178,52 @@ fn run(threads: Option<usize>, config: PathBuf, demo: bool) -> ExitCode {
                 )
             );
         }
-        wait_for_signal().await;
+        signals.recv().await;
         tracing::info!(
             "shutting down: draining in-flight requests (a second signal exits at once)"
         );
         running.shutdown();
         tokio::select! {
             () = running.wait() => ExitCode::SUCCESS,
-            () = wait_for_signal() => ExitCode::FAILURE,
+            () = signals.recv() => ExitCode::FAILURE,
         }
     })
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT (Ctrl-C), registered once so no signal is missed between waits.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
