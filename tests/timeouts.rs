@@ -266,3 +266,46 @@ async fn partial_http2_preface_is_closed_after_header_read_timeout() {
     );
     assert!(legacy.requests().is_empty());
 }
+
+/// An HTTP/2 frame: 24-bit length, type, flags, stream id, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, len: u32) -> Vec<u8> {
+    let mut frame = len.to_be_bytes()[1..].to_vec();
+    frame.extend([kind, flags]);
+    frame.extend(stream.to_be_bytes());
+    frame
+}
+
+#[tokio::test]
+async fn http2_header_block_trickled_byte_by_byte_is_closed_after_header_read_timeout() {
+    let legacy = Backend::start("legacy").await;
+    let proxy = TestProxy::start(&table(&[("legacy", &legacy)], &server("3s"))).await;
+    let mut stream = TcpStream::connect(proxy.running.proxy_addr).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(0x4, 0, 0, 0)); // SETTINGS
+    hello.extend(h2_frame(0x1, 0x4, 1, 1000)); // HEADERS announcing 1000 bytes that never all come
+    let start = Instant::now();
+    stream.write_all(&hello).await.unwrap();
+    // Trickle header-block bytes faster than either timeout; whatever the server sends is
+    // drained, and the first EOF or error is when it closed.
+    let closed_after = loop {
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break start.elapsed(),
+            Ok(Ok(_)) => continue,
+            Err(_) => {}
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "still open after the idle timeout"
+        );
+        if stream.write_all(&[0x86]).await.is_err() {
+            break start.elapsed();
+        }
+    };
+    assert!(closed_after >= HEADER_READ, "closed after {closed_after:?}");
+    assert!(
+        closed_after < Duration::from_millis(1500),
+        "closed after {closed_after:?}: not the header-read timeout"
+    );
+    assert!(legacy.requests().is_empty());
+}

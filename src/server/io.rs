@@ -109,14 +109,64 @@ pub struct TimedIo<T> {
     seen_started: usize,
     /// Whether the first bytes read have been inspected for the HTTP/2 preface.
     sniffed: bool,
-    /// The client speaks HTTP/2: control frames (SETTINGS, PING, WINDOW_UPDATE) arrive
-    /// between requests, so bytes read with no stream open are not a request head. Only
-    /// the idle timeout applies.
-    multiplexed: bool,
+    /// Set when the client speaks HTTP/2. Control frames (SETTINGS, PING,
+    /// WINDOW_UPDATE) arrive between requests, so not every byte read with no stream
+    /// open is a request head: only a HEADERS frame starts the head deadline.
+    frames: Option<H2Frames>,
 }
 
 /// The start of the HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+/// The whole preface, skipped before the first frame.
+const H2_PREFACE_LEN: usize = 24;
+/// HTTP/2 frame header: 24-bit length, type, flags, stream id.
+const H2_FRAME_HEADER: usize = 9;
+/// The HEADERS frame type (RFC 9113 §6.2).
+const H2_HEADERS: u8 = 0x1;
+
+/// Follows HTTP/2 frame boundaries in the bytes read, to see where HEADERS frames start.
+/// Only frame headers are looked at; payloads are skipped by length.
+#[derive(Debug)]
+struct H2Frames {
+    /// Bytes still to skip: the rest of the preface or of a frame's payload.
+    skip: usize,
+    header: [u8; H2_FRAME_HEADER],
+    have: usize,
+}
+
+impl H2Frames {
+    fn new() -> Self {
+        H2Frames {
+            skip: H2_PREFACE_LEN,
+            header: [0; H2_FRAME_HEADER],
+            have: 0,
+        }
+    }
+
+    /// Consumes bytes read; true if a HEADERS frame started in them.
+    fn headers_started(&mut self, mut bytes: &[u8]) -> bool {
+        let mut started = false;
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (H2_FRAME_HEADER - self.have).min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have == H2_FRAME_HEADER {
+                let [a, b, c, kind, ..] = self.header;
+                self.skip = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
+                started |= kind == H2_HEADERS;
+                self.have = 0;
+            }
+        }
+        started
+    }
+}
 
 impl<T> TimedIo<T> {
     /// Wraps an accepted connection; the idle clock starts now.
@@ -137,7 +187,7 @@ impl<T> TimedIo<T> {
             busy,
             seen_started,
             sniffed: false,
-            multiplexed: false,
+            frames: None,
         }
     }
 
@@ -160,12 +210,20 @@ impl<T> TimedIo<T> {
     fn on_read(&mut self, now: Instant, bytes: &[u8]) {
         self.last_activity = now;
         if !self.sniffed {
-            // The first read carries the start of the preface in practice; a client that
-            // dribbles it byte by byte is treated as HTTP/1, which only keeps the head timer.
+            // The server only picks HTTP/2 once the whole preface is waiting, so the
+            // first read holds it.
             self.sniffed = true;
-            self.multiplexed = bytes.starts_with(H2_PREFACE);
+            if bytes.starts_with(H2_PREFACE) {
+                self.frames = Some(H2Frames::new());
+            }
         }
-        if !self.busy && !self.multiplexed && self.head_deadline.is_none() {
+        let head_started = match &mut self.frames {
+            // HTTP/2: a HEADERS frame opened while no stream is in flight (slowloris
+            // trickles its header block); control frames are not a head.
+            Some(frames) => frames.headers_started(bytes),
+            None => true,
+        };
+        if head_started && !self.busy && self.head_deadline.is_none() {
             let deadline = after(now, self.timeouts.header_read);
             self.head_deadline = Some(deadline);
             // Keep the invariant: the timer must not fire after the head deadline.

@@ -228,3 +228,54 @@ async fn http2_control_frames_between_requests_do_not_start_a_head_deadline() ->
     assert_near(at, IDLE);
     Ok(())
 }
+
+/// An HTTP/2 frame header: 24-bit length, type, flags, stream id.
+fn frame_header(len: u32, kind: u8, stream: u32) -> Vec<u8> {
+    let mut out = len.to_be_bytes()[1..].to_vec();
+    out.push(kind);
+    out.push(0);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn http2_header_block_trickled_with_no_stream_open_times_out_after_header_read()
+-> io::Result<()> {
+    let (mut client, mut io, _activity) = conn();
+    send(&mut client, &mut io, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    send(&mut client, &mut io, &frame_header(0, 0x4, 0)).await?; // SETTINGS: no head deadline
+    assert_pending_for(&mut io, HEAD * 2).await;
+    send(&mut client, &mut io, &frame_header(1000, 0x1, 1)).await?; // HEADERS, never finished
+    let started = Instant::now();
+    for _ in 0..3 {
+        assert_pending_for(&mut io, Duration::from_secs(2)).await;
+        send(&mut client, &mut io, b"x").await?; // a byte of the header block now and then
+    }
+    let (msg, at) = read_timeout(&mut io, started).await;
+    assert_eq!(msg, "header read timeout");
+    assert_near(at, HEAD);
+    Ok(())
+}
+
+#[test]
+fn http2_frame_headers_are_found_across_read_boundaries() {
+    let mut stream = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    stream.extend(frame_header(6, 0x4, 0));
+    stream.extend([0; 6]);
+    stream.extend(frame_header(3, 0x1, 1));
+    stream.extend([1, 2, 3]);
+    stream.extend(frame_header(0, 0x6, 0));
+    // Fed one byte at a time, the HEADERS frame is seen exactly once, at its header's last byte.
+    let mut frames = H2Frames::new();
+    let starts: Vec<usize> = (0..stream.len())
+        .filter(|&i| frames.headers_started(&stream[i..=i]))
+        .collect();
+    assert_eq!(starts, [24 + 9 + 6 + 8]);
+    // Fed whole, the same.
+    assert!(H2Frames::new().headers_started(&stream));
+    // A payload that looks like a HEADERS frame header is skipped as payload.
+    let mut fake = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    fake.extend(frame_header(9, 0x0, 1));
+    fake.extend(frame_header(0, 0x1, 3));
+    assert!(!H2Frames::new().headers_started(&fake));
+}
