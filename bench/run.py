@@ -423,7 +423,7 @@ def main() -> int:
     backend_bin = ROOT / "target/release/examples/bench_backend"
 
     raise_nofile()
-    busy = [p for p in (*BACKEND_PORTS, *PORTS.values(), FICUS_ADMIN) if port_open(p)]
+    busy = sorted({p for p in (*BACKEND_PORTS, *PORTS.values(), FICUS_ADMIN) if port_open(p)})
     if busy:
         print(f"ports already in use: {busy}; stop whatever listens there first", file=sys.stderr)
         return 2
