@@ -215,8 +215,12 @@ impl PoolReturn {
         let PoolReturn { mut sender, pool } = self;
         if sender.is_ready() {
             pool.checkin(sender);
-        } else if !sender.is_closed() {
-            tokio::spawn(async move {
+        } else if !sender.is_closed()
+            // Called from a body's Drop too, which may run while a runtime shuts down:
+            // then the connection is simply closed instead of waited for.
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
                 if sender.ready().await.is_ok() {
                     pool.checkin(sender);
                 }
