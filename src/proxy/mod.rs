@@ -10,7 +10,8 @@ pub mod headers;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -20,6 +21,7 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use hyper::body::Incoming;
+use tokio::time::Sleep;
 
 use crate::metrics::{BackendMetrics, Metrics, NO_UPSTREAM, UpstreamErrorKind};
 use crate::routing::path;
@@ -56,12 +58,17 @@ impl ProxyState {
 }
 
 /// Per-connection facts, computed once when the connection is accepted.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Peer {
     /// The client's address.
     pub addr: SocketAddr,
     /// The client's IP as a header value, for `X-Forwarded-For`.
     pub forwarded_for: HeaderValue,
+    /// A route-timeout timer kept for the connection's next request: resetting a
+    /// registered timer to a later deadline is far cheaper than registering a new
+    /// one per request (4% of all instructions per request under callgrind).
+    /// Concurrent HTTP/2 streams that find it taken get a fresh timer.
+    timer: Mutex<Option<Pin<Box<Sleep>>>>,
 }
 
 impl Peer {
@@ -70,6 +77,25 @@ impl Peer {
         Peer {
             addr,
             forwarded_for: headers::ip_header_value(addr.ip()),
+            timer: Mutex::new(None),
+        }
+    }
+
+    /// A timer firing at `deadline`: the connection's own when it is free.
+    fn route_timer(&self, deadline: tokio::time::Instant) -> Pin<Box<Sleep>> {
+        match self.timer.lock().ok().and_then(|mut slot| slot.take()) {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+
+    /// Keeps `timer` for the connection's next request.
+    fn keep_timer(&self, timer: Pin<Box<Sleep>>) {
+        if let Ok(mut slot) = self.timer.lock() {
+            *slot = Some(timer);
         }
     }
 }
@@ -257,15 +283,17 @@ async fn forward(
     }
     parts.headers.insert(&X_REQUEST_ID, request_id.clone());
 
-    let sent = tokio::time::timeout(
-        decision.timeout,
-        upstream.send(Request::from_parts(parts, body)),
-    )
-    .await;
+    let mut timer = peer.route_timer(tokio::time::Instant::now() + decision.timeout);
+    let sent = tokio::select! {
+        biased;
+        exchanged = upstream.send(Request::from_parts(parts, body)) => Some(exchanged),
+        () = timer.as_mut() => None,
+    };
+    peer.keep_timer(timer);
     let (mut response, release) = match sent {
-        Ok(Ok(exchanged)) => exchanged,
-        Ok(Err(e)) => return Err(error::from_send_error(&e)),
-        Err(_) => {
+        Some(Ok(exchanged)) => exchanged,
+        Some(Err(e)) => return Err(error::from_send_error(&e)),
+        None => {
             return Err(ProxyError::Upstream {
                 kind: UpstreamErrorKind::Timeout,
                 cause: format!("no response headers within {:?}", decision.timeout),
