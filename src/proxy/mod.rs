@@ -130,11 +130,7 @@ pub async fn handle(
             host,
         }) => {
             let log_path = target.clone();
-            // Boxed: hyper keeps one slot per connection sized for this handler's future,
-            // and the forwarding state (~2.7 KB) would otherwise stay resident on every
-            // idle keep-alive connection.
-            let result =
-                Box::pin(forward(&decision, request, peer, target, host, &request_id)).await;
+            let result = forward(&decision, request, peer, target, host, &request_id).await;
             (Some(decision), Some(log_path), result)
         }
         Err(e) => (None, request.uri().path_and_query().cloned(), Err(e)),

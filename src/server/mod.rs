@@ -181,10 +181,14 @@ pub async fn serve(
                 let (state, client) = (state.clone(), client.clone());
                 // Held until the response body ends: the connection's timeouts stay off meanwhile.
                 let guard = activity.request_started();
-                async move {
+                // Boxed: hyper keeps a slot sized for this future for the connection's whole
+                // life, so unboxed its ~4 KB would stay allocated on every idle keep-alive
+                // connection. Boxed, the slot holds a pointer and the request's state is
+                // freed when its response is done.
+                Box::pin(async move {
                     let response = proxy::handle(&state, request, &client).await;
                     Ok::<_, Infallible>(response.map(|body| body.with_guard(guard)))
-                }
+                })
             });
             let result = match protocol {
                 Protocol::Http1 => {
