@@ -1,4 +1,4 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/routes`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/routes`, `/shadow/mismatches`.
 //!
 //! Served on its own address (loopback by default), never on the proxy port.
 //! Read-only for now; mutating endpoints will need a token.
@@ -106,16 +106,24 @@ fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byt
             body["hash"] = json!(format!("{:016x}", snapshot.hash));
             body["last_reload_error"] = json!(status.last_error);
             body["restart_required"] = json!(status.restart_required);
-            let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            response
+            json_response(&body)
+        }
+        "/shadow/mismatches" => {
+            let route = match route_param(request.uri().query()) {
+                Ok(route) => route,
+                Err(message) => return text(StatusCode::BAD_REQUEST, message),
+            };
+            match state.proxy.shadows.report(route.as_deref()) {
+                Some(report) => json_response(&report),
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "no shadowed route by that name; see /routes\n",
+                ),
+            }
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz, /readyz or /routes\n",
+            "not found; try /metrics, /healthz, /readyz, /routes or /shadow/mismatches\n",
         ),
     }
 }
@@ -146,6 +154,17 @@ pub fn describe(table: &Table) -> serde_json::Value {
                     value["sticky"] = json!(split.sticky.as_ref().map(|k| k.to_string()));
                 }
             }
+            if let Some(shadow) = &route.shadow {
+                value["shadow"] = json!({
+                    "upstream": upstream_name(shadow.upstream),
+                    "sample": shadow.sample,
+                    "methods": shadow.methods.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+                    "max_body": shadow.max_body,
+                    "timeout_ms": shadow.timeout.as_millis() as u64,
+                    "concurrency": shadow.concurrency,
+                    "noise_sample": shadow.learn_noise,
+                });
+            }
             value
         })
         .collect();
@@ -168,6 +187,33 @@ pub fn describe(table: &Table) -> serde_json::Value {
         "upstreams": upstreams,
         "routes": routes,
     })
+}
+
+/// The `route` parameter of a query string, if given. Route names are plain
+/// (letters, digits, `-`, `_`, `.`), so no percent-decoding is needed.
+fn route_param(query: Option<&str>) -> Result<Option<String>, &'static str> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key == "route" {
+            return match value {
+                "" => Err("route= needs a route name\n"),
+                name => Ok(Some(name.to_owned())),
+            };
+        }
+    }
+    Ok(None)
+}
+
+fn json_response(body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use http::{HeaderMap, Method};
 
-use crate::config::{Table, Target};
+use crate::config::{ShadowSpec, Table, Target};
 use crate::routing::path;
 use crate::routing::split::bucket;
 
@@ -142,7 +142,33 @@ pub fn explain(table: &Table, method: &Method, raw_path: &str, headers: &HeaderM
         }
     }
     let _ = writeln!(out, "timeout:   {timeout:?}");
+    let shadow = winner.and_then(|id| table.routes[id].shadow.as_ref());
+    let _ = writeln!(out, "shadow:    {}", describe_shadow(table, shadow, method));
     out
+}
+
+/// Whether a request with `method` would be mirrored, and where.
+fn describe_shadow(table: &Table, shadow: Option<&ShadowSpec>, method: &Method) -> String {
+    let Some(shadow) = shadow else {
+        return "none: the route is not shadowed".into();
+    };
+    let target = &table.upstreams[shadow.upstream].name;
+    if !shadow.methods.contains(method) {
+        let listed: Vec<&str> = shadow.methods.iter().map(Method::as_str).collect();
+        return format!(
+            "not mirrored: {method} is not in shadow.methods ({})",
+            listed.join(", ")
+        );
+    }
+    let noise = match shadow.learn_noise {
+        Some(sample) => format!("; noise learned from {}% of them", sample * 100.0),
+        None => String::new(),
+    };
+    format!(
+        "{}% of these requests are mirrored to upstream \"{target}\" (x-ficus-shadow: 1){noise}; \
+         the client always gets the primary's answer",
+        shadow.sample * 100.0
+    )
 }
 
 fn methods(route: &crate::config::Route) -> String {

@@ -19,7 +19,9 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod shadow;
 pub mod snapshot;
+pub mod tee;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -154,8 +156,9 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
                 source,
             })?,
     };
-    let snapshot = Snapshot::build(table, hash, 1, &metrics, None);
-    let proxy_state = Arc::new(ProxyState::new(snapshot, metrics));
+    let shadows = shadow::ShadowRegistry::default();
+    let snapshot = Snapshot::build(table, hash, 1, &metrics, &shadows, None);
+    let proxy_state = Arc::new(ProxyState::new(snapshot, metrics, shadows));
     let status = Arc::new(Mutex::new(ReloadStatus::default()));
     let (counts_tx, counts) = watch::channel(ReloadCounts {
         generation: 1,

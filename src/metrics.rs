@@ -19,6 +19,10 @@ pub const REQUESTS_TOTAL: &str = "ficus_requests_total";
 pub const REQUEST_DURATION: &str = "ficus_request_duration_seconds";
 /// `ficus_upstream_errors_total{route, upstream, kind}`.
 pub const UPSTREAM_ERRORS_TOTAL: &str = "ficus_upstream_errors_total";
+/// `ficus_shadow_requests_total{route, upstream, outcome}`.
+pub const SHADOW_REQUESTS_TOTAL: &str = "ficus_shadow_requests_total";
+/// `ficus_shadow_duration_seconds{route, upstream, side}`.
+pub const SHADOW_DURATION: &str = "ficus_shadow_duration_seconds";
 /// `ficus_config_reloads_total{result}`.
 pub const CONFIG_RELOADS_TOTAL: &str = "ficus_config_reloads_total";
 /// `ficus_config_generation`.
@@ -65,12 +69,56 @@ impl UpstreamErrorKind {
     }
 }
 
+/// What became of a request chosen for shadowing: the `outcome` label of
+/// `ficus_shadow_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowOutcome {
+    /// Both answers agree (after ignore rules and learned noise).
+    Match,
+    /// The answers differ; the difference is recorded at `/shadow/mismatches`.
+    Mismatch,
+    /// The shadow upstream could not be reached or broke the exchange.
+    Error,
+    /// The shadow did not answer within `shadow.timeout`.
+    Timeout,
+    /// Not mirrored: the route already had `shadow.concurrency` shadows in flight.
+    Dropped,
+    /// Not compared: a body over `shadow.max_body`, a failed primary, or a client that left.
+    Skipped,
+}
+
+impl ShadowOutcome {
+    /// Every outcome, in label order.
+    pub const ALL: [ShadowOutcome; 6] = [
+        Self::Match,
+        Self::Mismatch,
+        Self::Error,
+        Self::Timeout,
+        Self::Dropped,
+        Self::Skipped,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Match => "match",
+            Self::Mismatch => "mismatch",
+            Self::Error => "error",
+            Self::Timeout => "timeout",
+            Self::Dropped => "dropped",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
 /// The registry-backed metric families.
 #[derive(Clone)]
 pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     upstream_errors: IntCounterVec,
+    shadow_requests: IntCounterVec,
+    shadow_duration: HistogramVec,
     reloads: IntCounterVec,
     generation: IntGauge,
 }
@@ -100,6 +148,21 @@ impl Metrics {
             ),
             &["route", "upstream", "kind"],
         )?;
+        let shadow_requests = IntCounterVec::new(
+            Opts::new(
+                SHADOW_REQUESTS_TOTAL,
+                "Requests chosen for shadowing, by route, shadow upstream and outcome.",
+            ),
+            &["route", "upstream", "outcome"],
+        )?;
+        let shadow_duration = HistogramVec::new(
+            HistogramOpts::new(
+                SHADOW_DURATION,
+                "Time to response headers of both sides of every compared shadow pair, by route, shadow upstream and side (primary, shadow).",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["route", "upstream", "side"],
+        )?;
         let reloads = IntCounterVec::new(
             Opts::new(CONFIG_RELOADS_TOTAL, "Route table reloads, by result."),
             &["result"],
@@ -108,6 +171,8 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(shadow_requests.clone()))?;
+        registry.register(Box::new(shadow_duration.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(generation.clone()))?;
         // Both results exist from the start, so `rate()` and alerts see a zero, not a gap.
@@ -117,9 +182,22 @@ impl Metrics {
             requests,
             duration,
             upstream_errors,
+            shadow_requests,
+            shadow_duration,
             reloads,
             generation,
         })
+    }
+
+    /// Shadow handles for one route and its shadow upstream; series are created on first use.
+    pub fn shadow(&self, route: &str, upstream: &str) -> ShadowMetrics {
+        ShadowMetrics(Arc::new(ShadowInner {
+            outcomes: Default::default(),
+            sides: Default::default(),
+            families: self.clone(),
+            route: route.into(),
+            upstream: upstream.into(),
+        }))
     }
 
     /// Handles for one route/upstream pair. Series are created on first use, so a
@@ -265,5 +343,91 @@ impl BackendMetrics {
                 ])
             })
             .inc();
+    }
+}
+
+struct ShadowInner {
+    outcomes: [OnceLock<IntCounter>; ShadowOutcome::ALL.len()],
+    /// `side="primary"`, then `side="shadow"`.
+    sides: [OnceLock<Histogram>; 2],
+    families: Metrics,
+    route: Box<str>,
+    upstream: Box<str>,
+}
+
+/// Shadow metric handles for one route and its shadow upstream. Cheap to clone.
+#[derive(Clone)]
+pub struct ShadowMetrics(Arc<ShadowInner>);
+
+impl std::fmt::Debug for ShadowMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ShadowMetrics({}, {})", self.0.route, self.0.upstream)
+    }
+}
+
+/// The `side` label values, in [`ShadowInner::sides`] order.
+const SIDES: [&str; 2] = ["primary", "shadow"];
+
+impl ShadowMetrics {
+    /// Counts one shadow outcome.
+    pub fn outcome(&self, outcome: ShadowOutcome) {
+        let inner = &*self.0;
+        let index = ShadowOutcome::ALL
+            .iter()
+            .position(|&o| o == outcome)
+            .unwrap_or(0);
+        inner.outcomes[index]
+            .get_or_init(|| {
+                inner.families.shadow_requests.with_label_values(&[
+                    &*inner.route,
+                    &*inner.upstream,
+                    outcome.as_str(),
+                ])
+            })
+            .inc();
+    }
+
+    /// Records both sides' latency for one compared request.
+    pub fn paired(&self, primary_seconds: f64, shadow_seconds: f64) {
+        let inner = &*self.0;
+        for ((slot, side), seconds) in inner
+            .sides
+            .iter()
+            .zip(SIDES)
+            .zip([primary_seconds, shadow_seconds])
+        {
+            slot.get_or_init(|| {
+                inner.families.shadow_duration.with_label_values(&[
+                    &*inner.route,
+                    &*inner.upstream,
+                    side,
+                ])
+            })
+            .observe(seconds);
+        }
+    }
+
+    /// Removes this pair's series (the route or its shadow left the table).
+    pub fn retire(&self) {
+        let inner = &*self.0;
+        let (route, upstream) = (&*inner.route, &*inner.upstream);
+        for outcome in ShadowOutcome::ALL {
+            let _ = inner.families.shadow_requests.remove_label_values(&[
+                route,
+                upstream,
+                outcome.as_str(),
+            ]);
+        }
+        for side in SIDES {
+            let _ = inner
+                .families
+                .shadow_duration
+                .remove_label_values(&[route, upstream, side]);
+        }
+    }
+
+    /// The route and shadow upstream labels.
+    pub fn labels(&self) -> (&str, &str) {
+        (&self.0.route, &self.0.upstream)
     }
 }

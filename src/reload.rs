@@ -127,8 +127,14 @@ impl Reloader {
             tracing::warn!(file = %self.path.display(), keys = ?restart_required, "these settings only take effect after a restart");
         }
         let generation = current.generation + 1;
-        let snapshot =
-            Snapshot::build(table, hash, generation, &self.state.metrics, Some(&current));
+        let snapshot = Snapshot::build(
+            table,
+            hash,
+            generation,
+            &self.state.metrics,
+            &self.state.shadows,
+            Some(&current),
+        );
         self.state.snapshot.store(Arc::new(snapshot));
         self.state
             .snapshot

@@ -13,9 +13,10 @@ use std::time::Duration;
 use http::HeaderMap;
 
 use crate::config::{Table, Target};
-use crate::metrics::{BackendMetrics, Metrics};
+use crate::metrics::{BackendMetrics, Metrics, ShadowMetrics};
 use crate::routing::RouteId;
 use crate::routing::split::Assignment;
+use crate::shadow::{Shadow, ShadowRegistry};
 use crate::upstream::Upstream;
 
 /// The `route` label of requests that match no route.
@@ -30,9 +31,9 @@ pub struct Backend {
     pub metrics: BackendMetrics,
 }
 
-/// The backends of one route: one, or one per split side.
+/// The backends of one route: one, or one per split side; and its shadow.
 #[derive(Debug)]
-struct RouteBackends(Vec<Backend>);
+struct RouteBackends(Vec<Backend>, Option<Arc<Shadow>>);
 
 /// A compiled table generation.
 pub struct Snapshot {
@@ -43,6 +44,9 @@ pub struct Snapshot {
     /// The validated table.
     pub table: Table,
     upstreams: Vec<Arc<Upstream>>,
+    /// A second pool per upstream, used only by shadows and noise probes, so a hung
+    /// shadow target never holds a connection the primary path could use.
+    shadow_pools: Vec<Arc<Upstream>>,
     routes: Vec<RouteBackends>,
     default: Backend,
 }
@@ -58,27 +62,35 @@ pub struct Decision<'s> {
     pub timeout: Duration,
     /// How a split side was chosen, if the route splits.
     pub assignment: Option<Assignment>,
+    /// Where the route mirrors requests, if anywhere.
+    pub shadow: Option<&'s Arc<Shadow>>,
 }
 
 impl Snapshot {
-    /// Builds a generation, reusing the pools of `previous` for unchanged upstreams.
+    /// Builds a generation, reusing the pools of `previous` for unchanged upstreams,
+    /// and the shadow state of routes that stay shadowed.
     pub fn build(
         table: Table,
         hash: u64,
         generation: u64,
         metrics: &Metrics,
+        shadows: &ShadowRegistry,
         previous: Option<&Snapshot>,
     ) -> Self {
-        let upstreams: Vec<Arc<Upstream>> = table
-            .upstreams
-            .iter()
-            .map(|spec| {
-                previous
-                    .and_then(|p| p.upstreams.iter().find(|u| u.spec == *spec))
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(Upstream::new(spec.clone())))
-            })
-            .collect();
+        let pools = |previous: Option<&Vec<Arc<Upstream>>>| -> Vec<Arc<Upstream>> {
+            table
+                .upstreams
+                .iter()
+                .map(|spec| {
+                    previous
+                        .and_then(|p| p.iter().find(|u| u.spec == *spec))
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Upstream::new(spec.clone())))
+                })
+                .collect()
+        };
+        let upstreams = pools(previous.map(|p| &p.upstreams));
+        let shadow_pools = pools(previous.map(|p| &p.shadow_pools));
         // One metrics instance per route/upstream pair for the pair's whole life, so it
         // knows every series it created when a reload retires it.
         let previous_metrics: HashMap<(&str, &str), &BackendMetrics> = previous
@@ -92,16 +104,44 @@ impl Snapshot {
             };
             Backend { upstream, metrics }
         };
+        let previous_shadow_metrics: HashMap<(&str, &str), &ShadowMetrics> = previous
+            .map(|p| p.shadow_metrics().map(|m| (m.labels(), m)).collect())
+            .unwrap_or_default();
+        let states = shadows.update(
+            table
+                .routes
+                .iter()
+                .filter_map(|r| r.shadow.as_ref().map(|s| (r.name.as_str(), s))),
+        );
         let routes = table
             .routes
             .iter()
             .map(|route| {
-                RouteBackends(match &route.target {
-                    Target::Upstream(i) => vec![backend(&route.name, *i)],
-                    Target::Split { upstreams, .. } => {
-                        upstreams.iter().map(|&i| backend(&route.name, i)).collect()
-                    }
-                })
+                let sides = match &route.target {
+                    Target::Upstream(i) => vec![*i],
+                    Target::Split { upstreams, .. } => upstreams.clone(),
+                };
+                let backends = sides.iter().map(|&i| backend(&route.name, i)).collect();
+                let shadow = route.shadow.as_ref().and_then(|spec| {
+                    let target = shadow_pools[spec.upstream].clone();
+                    let name = target.spec.name.as_str();
+                    let metrics = match previous_shadow_metrics.get(&(route.name.as_str(), name)) {
+                        Some(existing) => (*existing).clone(),
+                        None => metrics.shadow(&route.name, name),
+                    };
+                    let probes = sides.iter().map(|&i| shadow_pools[i].clone()).collect();
+                    let state = states.get(&route.name)?.clone();
+                    Some(Arc::new(Shadow::new(
+                        &route.name,
+                        spec.clone(),
+                        target,
+                        probes,
+                        metrics,
+                        state,
+                        route.timeout,
+                    )))
+                });
+                RouteBackends(backends, shadow)
             })
             .collect();
         let default = backend(DEFAULT_ROUTE, table.default_upstream);
@@ -110,9 +150,18 @@ impl Snapshot {
             hash,
             table,
             upstreams,
+            shadow_pools,
             routes,
             default,
         }
+    }
+
+    /// Every shadowed route's metric handles.
+    pub fn shadow_metrics(&self) -> impl Iterator<Item = &ShadowMetrics> {
+        self.routes
+            .iter()
+            .filter_map(|r| r.1.as_ref())
+            .map(|s| s.metrics())
     }
 
     /// Every route/upstream pair's metric handles, the default route's included.
@@ -133,6 +182,13 @@ impl Snapshot {
         {
             gone.retire();
         }
+        let live: HashSet<(&str, &str)> = self.shadow_metrics().map(|m| m.labels()).collect();
+        for gone in previous
+            .shadow_metrics()
+            .filter(|m| !live.contains(&m.labels()))
+        {
+            gone.retire();
+        }
     }
 
     /// Chooses the backend for a request already matched to `route`.
@@ -143,10 +199,11 @@ impl Snapshot {
                 backend: &self.default,
                 timeout: self.table.default_timeout,
                 assignment: None,
+                shadow: None,
             };
         };
         let spec = &self.table.routes[id];
-        let backends = &self.routes[id].0;
+        let RouteBackends(backends, shadow) = &self.routes[id];
         let (side, assignment) = match &spec.target {
             Target::Upstream(_) => (0, None),
             Target::Split { split, .. } => {
@@ -161,6 +218,7 @@ impl Snapshot {
             backend: &backends[side.min(backends.len() - 1)],
             timeout: spec.timeout,
             assignment,
+            shadow: shadow.as_ref(),
         }
     }
 }

@@ -15,18 +15,75 @@
 //! [`Upstream`] (and so its warm connections); a changed one gets fresh pools,
 //! and the old ones are dropped when the last request holding them ends.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::{Endpoint, UpstreamSpec};
+use crate::tee::TeeBody;
+
+/// The body of a request sent upstream.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// The client's body, streamed.
+    Stream(Incoming),
+    /// The client's body, streamed and copied for a shadow.
+    Tee(TeeBody),
+    /// A body already in memory (a shadow's copy).
+    Full(Option<Bytes>),
+}
+
+impl RequestBody {
+    /// A body held in memory.
+    pub fn full(bytes: Bytes) -> Self {
+        RequestBody::Full((!bytes.is_empty()).then_some(bytes))
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            RequestBody::Stream(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Tee(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Stream(body) => body.is_end_stream(),
+            RequestBody::Tee(body) => body.is_end_stream(),
+            RequestBody::Full(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Stream(body) => body.size_hint(),
+            RequestBody::Tee(body) => body.size_hint(),
+            RequestBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
 
 /// Why a request could not be exchanged with an upstream.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +150,7 @@ impl Upstream {
     /// The returned [`PoolReturn`] must travel with the response body.
     pub async fn send(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, PoolReturn), SendError> {
         let pool = self.pool();
         if !request.headers().contains_key(HOST) {
@@ -144,14 +201,14 @@ struct EndpointPool {
 }
 
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<RequestBody>,
     since: Instant,
 }
 
 impl EndpointPool {
     /// The most recently used idle connection that is still open and younger than
     /// the idle timeout. Older ones are dropped (closed) on the way.
-    fn checkout(&self) -> Option<SendRequest<Incoming>> {
+    fn checkout(&self) -> Option<SendRequest<RequestBody>> {
         let now = Instant::now();
         let mut idle = self.idle.lock().ok()?;
         while let Some(conn) = idle.pop() {
@@ -164,7 +221,7 @@ impl EndpointPool {
         None
     }
 
-    fn checkin(&self, sender: SendRequest<Incoming>) {
+    fn checkin(&self, sender: SendRequest<RequestBody>) {
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < self.max_idle
         {
@@ -175,7 +232,7 @@ impl EndpointPool {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Incoming>, SendError> {
+    async fn connect(&self) -> Result<SendRequest<RequestBody>, SendError> {
         let stream =
             tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.connect_to))
                 .await
@@ -197,12 +254,12 @@ impl EndpointPool {
 
 /// Puts a connection back in its pool once the response on it has been read.
 pub struct PoolReturn {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<RequestBody>,
     pool: Arc<EndpointPool>,
 }
 
 impl PoolReturn {
-    fn new(sender: SendRequest<Incoming>, pool: &Arc<EndpointPool>) -> Self {
+    fn new(sender: SendRequest<RequestBody>, pool: &Arc<EndpointPool>) -> Self {
         PoolReturn {
             sender,
             pool: pool.clone(),

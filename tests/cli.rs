@@ -67,10 +67,14 @@ fn explain_names_route_reason_and_sticky_side() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(
-        stdout.contains("route:     users-read (line 35, path /api/users/{id}, methods GET)"),
+        stdout.contains("route:     users-read (line 38, path /api/users/{id}, methods GET)"),
         "{stdout}"
     );
     assert!(stdout.contains("target:    upstream \"users\""), "{stdout}");
+    assert!(
+        stdout.contains("shadow:    none: the route is not shadowed"),
+        "{stdout}"
+    );
 
     let out = Command::new(FICUS)
         .args([
@@ -104,6 +108,34 @@ fn explain_names_route_reason_and_sticky_side() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("rejected:  400 Bad Request"));
+}
+
+#[test]
+fn explain_says_whether_and_where_a_request_is_shadowed() {
+    let explain = |method: &str| {
+        let out = Command::new(FICUS)
+            .args([
+                "explain",
+                "-c",
+                &manifest("routes.toml"),
+                method,
+                "/api/search?q=x",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let get = explain("GET");
+    assert!(get.contains("route:     search"), "{get}");
+    assert!(
+        get.contains("shadow:    25% of these requests are mirrored to upstream \"search\""),
+        "{get}"
+    );
+    let post = explain("POST");
+    assert!(
+        post.contains("shadow:    not mirrored: POST is not in shadow.methods (GET, HEAD)"),
+        "{post}"
+    );
 }
 
 #[test]

@@ -171,10 +171,6 @@ fn route_shape_errors() {
             "`sticky` only applies to a `split`",
         ),
         (
-            "path = \"/a\"\nupstream = \"legacy\"\nshadow = { upstream = \"users\", sample = 0.5 }",
-            "`shadow` is not supported",
-        ),
-        (
             "path = \"/a\"\nsplit = { legacy = 60, users = 30 }",
             "split weights sum to 90, not 100",
         ),
@@ -294,4 +290,131 @@ fn oversized_and_missing_files_are_refused() {
 fn empty_file_names_the_missing_default() {
     let e = parse("", Path::new("t.toml")).unwrap_err().to_string();
     assert!(e.contains("missing field `default`"), "{e}");
+}
+
+#[test]
+fn shadow_errors_name_the_shadow_line_and_the_fix() {
+    let cases = [
+        (
+            "upstream = \"nope\", sample = 0.5",
+            "shadow.upstream: upstream \"nope\" is not defined",
+        ),
+        (
+            "upstream = \"legacy\", sample = 0.5",
+            "already answers this route",
+        ),
+        (
+            "upstream = \"users\", sample = 1.5",
+            "shadow.sample: 1.5 is not a fraction",
+        ),
+        ("upstream = \"users\", sample = -0.1", "is not a fraction"),
+        ("upstream = \"users\"", "missing field `sample`"),
+        (
+            "upstream = \"users\", sample = 1.0, methods = []",
+            "shadow.methods: empty",
+        ),
+        (
+            "upstream = \"users\", sample = 1.0, methods = [\"G T\"]",
+            "\"G T\" is not an HTTP method",
+        ),
+        (
+            "upstream = \"users\", sample = 1.0, max_body = 1000000000",
+            "max_body: 1000000000 bytes is more than",
+        ),
+        (
+            "upstream = \"users\", sample = 1.0, concurrency = 0",
+            "concurrency: must be from 1",
+        ),
+        (
+            "upstream = \"users\", sample = 1.0, timeout = \"5\"",
+            "shadow.timeout: \"5\" has no unit",
+        ),
+        (
+            "upstream = \"users\", sample = 1.0, noise = \"guess\"",
+            "use \"learn\" or \"off\"",
+        ),
+        (
+            "upstream = \"users\", sample = 1.0, noise_sample = 0.5",
+            "only applies with noise = \"learn\"",
+        ),
+        (
+            "upstream = \"users\", sample = 1.0, noise = \"learn\", noise_sample = 0.0",
+            "must be above 0.0",
+        ),
+        (
+            "upstream = \"users\", sample = 1.0, compare = { headers = [\"*\", \"etag\"] }",
+            "\"*\" only means all headers in compare.headers, as its only entry",
+        ),
+        (
+            "upstream = \"users\", sample = 1.0, ignore = { headers = [\"bad header\"] }",
+            "not a header name",
+        ),
+        (
+            "upstream = \"users\", sample = 1.0, ignore = { json = [\"meta.took_ms\"] }",
+            "shadow.ignore.json: \"meta.took_ms\"",
+        ),
+        (
+            "upstream = \"users\", sample = 1.0, redact = [\"\"]",
+            "shadow.redact",
+        ),
+        (
+            "upstream = \"users\", sample = 1.0, compare = { body = \"yes\" }",
+            "invalid type",
+        ),
+        (
+            "upstream = \"users\", sample = 1.0, mirror = true",
+            "unknown field `mirror`",
+        ),
+    ];
+    for (shadow, expected) in cases {
+        let e = error(&format!(
+            "[[routes]]\nname = \"r\"\npath = \"/a\"\nupstream = \"legacy\"\nshadow = {{ {shadow} }}\n"
+        ));
+        assert!(e.starts_with("routes.toml:11:"), "{shadow}: {e}");
+        assert!(
+            e.contains(expected),
+            "{shadow}: expected {expected:?} in {e}"
+        );
+    }
+}
+
+#[test]
+fn shadow_defaults_and_keys_compile() {
+    let table = check(
+        "[[routes]]\nname = \"r\"\nprefix = \"/a\"\nupstream = \"legacy\"\n\
+         [routes.shadow]\nupstream = \"users\"\nsample = 0.25\n\
+         [[routes]]\nname = \"s\"\nprefix = \"/b\"\nupstream = \"legacy\"\n\
+         shadow = { upstream = \"users\", sample = 1, methods = [\"post\"], max_body = 10, timeout = \"2s\", \
+         concurrency = 3, compare = { status = false, headers = [\"*\"], body = false }, \
+         ignore = { headers = [\"etag\"], json = [\"$..etag\"] }, noise = \"learn\", redact = [\"X-Api-Key\"] }\n",
+    )
+    .unwrap();
+    let r = table.routes[0].shadow.as_ref().unwrap();
+    assert_eq!(table.upstreams[r.upstream].name, "users");
+    assert_eq!(r.sample, 0.25);
+    assert_eq!(r.methods, vec![Method::GET, Method::HEAD]);
+    assert_eq!(r.max_body, defaults::SHADOW_MAX_BODY);
+    assert_eq!(r.timeout, defaults::SHADOW_TIMEOUT);
+    assert_eq!(r.concurrency, defaults::SHADOW_CONCURRENCY);
+    assert!(r.compare.status && r.compare.body);
+    assert_eq!(
+        r.compare.headers,
+        crate::shadow::compare::HeaderSelection::None
+    );
+    assert_eq!(r.learn_noise, None);
+    assert!(r.redacts(&http::header::SET_COOKIE));
+    assert_eq!(r.line, 11);
+
+    let s = table.routes[1].shadow.as_ref().unwrap();
+    assert_eq!(s.methods, vec![Method::POST]);
+    assert_eq!((s.max_body, s.concurrency), (10, 3));
+    assert_eq!(s.timeout, Duration::from_secs(2));
+    assert!(!s.compare.status && !s.compare.body);
+    assert_eq!(
+        s.compare.headers,
+        crate::shadow::compare::HeaderSelection::All
+    );
+    assert_eq!(s.compare.ignore_json.len(), 1);
+    assert_eq!(s.learn_noise, Some(defaults::SHADOW_NOISE_SAMPLE));
+    assert!(s.redacts(&http::HeaderName::from_static("x-api-key")));
 }

@@ -102,6 +102,56 @@ pub struct FileRoute {
     pub sticky: Option<String>,
     /// Request timeout for this route.
     pub timeout: Option<String>,
-    /// Shadow traffic: accepted by the parser so the error can say it is not supported yet.
-    pub shadow: Option<toml::Value>,
+    /// Mirror requests to another upstream and compare the answers.
+    pub shadow: Option<Spanned<FileShadow>>,
+}
+
+/// A route's `shadow = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileShadow {
+    /// Where mirrored requests go.
+    pub upstream: String,
+    /// Fraction of the route's requests mirrored, 0.0 to 1.0.
+    pub sample: f64,
+    /// Methods mirrored; GET and HEAD when absent.
+    pub methods: Option<Vec<String>>,
+    /// Largest request or response body buffered for the shadow, in bytes.
+    pub max_body: Option<u64>,
+    /// Deadline for the whole shadow exchange.
+    pub timeout: Option<String>,
+    /// Most shadow requests in flight for the route.
+    pub concurrency: Option<u32>,
+    /// What is compared.
+    pub compare: Option<FileCompare>,
+    /// What is never compared.
+    pub ignore: Option<FileIgnore>,
+    /// `"learn"` or `"off"`.
+    pub noise: Option<String>,
+    /// Fraction of mirrored requests also sent twice to the primary upstream to learn noise.
+    pub noise_sample: Option<f64>,
+    /// Header names whose values never appear in mismatch records or logs.
+    pub redact: Option<Vec<String>>,
+}
+
+/// `shadow.compare`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCompare {
+    /// Compare status codes (default true).
+    pub status: Option<bool>,
+    /// Response header names compared, or `["*"]` for all (default none).
+    pub headers: Option<Vec<String>>,
+    /// Compare bodies (default true).
+    pub body: Option<bool>,
+}
+
+/// `shadow.ignore`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIgnore {
+    /// Header names never compared.
+    pub headers: Option<Vec<String>>,
+    /// JSON paths whose values are noise, like `$.meta.took_ms`.
+    pub json: Option<Vec<String>>,
 }

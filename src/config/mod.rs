@@ -7,6 +7,7 @@
 
 pub mod duration;
 pub mod file;
+pub mod shadow;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use toml::Spanned;
 use crate::routing::split::{BUCKETS, Split, StickyKey};
 use crate::routing::{Pattern, RouteSpec, Router};
 use file::{FileRoute, FileTable, FileUpstream};
+pub use shadow::ShadowSpec;
 
 /// Longest duration any key accepts.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
@@ -110,6 +112,14 @@ pub mod defaults {
     pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
     /// `[upstreams.*] pool_max_idle`.
     pub const POOL_MAX_IDLE: usize = 128;
+    /// `shadow.timeout`.
+    pub const SHADOW_TIMEOUT: Duration = Duration::from_secs(5);
+    /// `shadow.max_body`, in bytes.
+    pub const SHADOW_MAX_BODY: usize = 1024 * 1024;
+    /// `shadow.concurrency`.
+    pub const SHADOW_CONCURRENCY: usize = 64;
+    /// `shadow.noise_sample`.
+    pub const SHADOW_NOISE_SAMPLE: f64 = 0.05;
 }
 
 /// One upstream endpoint.
@@ -163,6 +173,8 @@ pub struct Route {
     pub target: Target,
     /// Request timeout (until the upstream's response headers).
     pub timeout: Duration,
+    /// Where requests are mirrored, if anywhere.
+    pub shadow: Option<ShadowSpec>,
     /// Line of the route in the file.
     pub line: usize,
 }
@@ -567,12 +579,6 @@ impl Compiler {
                     .into(),
             );
         }
-        if r.shadow.is_some() {
-            fail(
-                self,
-                "`shadow` is not supported by this version of ficus yet; remove it".into(),
-            );
-        }
         let pattern = match (&r.path, &r.prefix) {
             (Some(p), None) => {
                 Pattern::path(p).and_then(|pattern| check_canonical(p).map(|()| pattern))
@@ -614,6 +620,16 @@ impl Compiler {
             r.timeout.as_ref(),
             default_timeout,
         );
+        let shadow = r.shadow.as_ref().and_then(|raw| {
+            let primary: Vec<&str> = match &target {
+                Some(Target::Upstream(i)) => vec![upstreams[*i]],
+                Some(Target::Split {
+                    upstreams: sides, ..
+                }) => sides.iter().map(|&i| upstreams[i]).collect(),
+                None => Vec::new(),
+            };
+            self.shadow(name, raw, upstreams, &primary)
+        });
         if self.problems.len() > before {
             return None;
         }
@@ -625,6 +641,7 @@ impl Compiler {
             },
             target: target?,
             timeout,
+            shadow,
             line,
         })
     }

@@ -9,6 +9,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::server::io::RequestGuard;
+use crate::tee::Tee;
 use crate::upstream::PoolReturn;
 
 /// The upstream's body, streamed, or ficus's own small one; it holds the
@@ -16,10 +17,12 @@ use crate::upstream::PoolReturn;
 /// last byte is sent (connection idle timeouts must not cut a streaming response).
 ///
 /// It also carries the upstream connection's [`PoolReturn`]: once the body has
-/// been read to its end, the connection goes back to its pool.
+/// been read to its end, the connection goes back to its pool. When the request is
+/// shadowed, a [`Tee`] keeps a bounded copy for the comparison as the body streams.
 pub struct ResponseBody {
     inner: Either<Incoming, Full<Bytes>>,
     release: Option<PoolReturn>,
+    copy: Option<Box<Tee>>,
     _guard: Option<RequestGuard>,
 }
 
@@ -29,6 +32,7 @@ impl ResponseBody {
         ResponseBody {
             inner: Either::Left(body),
             release: Some(release),
+            copy: None,
             _guard: None,
         }
     }
@@ -38,8 +42,15 @@ impl ResponseBody {
         ResponseBody {
             inner: Either::Right(body),
             release: None,
+            copy: None,
             _guard: None,
         }
+    }
+
+    /// Copies the body into `tee` as it streams.
+    pub fn with_copy(mut self, tee: Tee) -> Self {
+        self.copy = Some(Box::new(tee));
+        self
     }
 
     /// Keeps `guard` alive until the body is finished or dropped.
@@ -57,7 +68,13 @@ impl Body for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(copy) = &mut this.copy {
+            let inner = &this.inner;
+            copy.follow(&polled, || inner.is_end_stream());
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -72,11 +89,18 @@ impl Body for ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         // hyper does not poll a body that is already at its end (HEAD, 204, 304, empty):
-        // the connection is still reusable. Anything else unread means it is not.
+        // the connection is still reusable, and the copy is complete. Anything else
+        // unread means neither is.
+        let ended = self.inner.is_end_stream();
         if let Some(release) = self.release.take()
-            && self.inner.is_end_stream()
+            && ended
         {
             release.finish();
+        }
+        if let Some(copy) = &mut self.copy
+            && ended
+        {
+            copy.finish();
         }
     }
 }

@@ -25,8 +25,9 @@ use tokio::time::Sleep;
 
 use crate::metrics::{BackendMetrics, Metrics, NO_UPSTREAM, UpstreamErrorKind};
 use crate::routing::path;
+use crate::shadow::ShadowRegistry;
 use crate::snapshot::{DEFAULT_ROUTE, Decision, Snapshot};
-use crate::upstream::PoolReturn;
+use crate::upstream::{PoolReturn, RequestBody};
 pub use body::ResponseBody;
 use error::ProxyError;
 use headers::X_REQUEST_ID;
@@ -40,18 +41,21 @@ pub struct ProxyState {
     pub snapshot: ArcSwap<Snapshot>,
     /// Metric families.
     pub metrics: Metrics,
+    /// Shadow state that outlives generations: learned noise, mismatches, limits.
+    pub shadows: ShadowRegistry,
     /// Handles for requests rejected before routing.
     unrouted: BackendMetrics,
 }
 
 impl ProxyState {
-    /// State serving `snapshot`.
-    pub fn new(snapshot: Snapshot, metrics: Metrics) -> Self {
+    /// State serving `snapshot` (built with `shadows`).
+    pub fn new(snapshot: Snapshot, metrics: Metrics, shadows: ShadowRegistry) -> Self {
         let unrouted = metrics.backend(DEFAULT_ROUTE, NO_UPSTREAM);
         metrics.set_generation(snapshot.generation);
         ProxyState {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
+            shadows,
             unrouted,
         }
     }
@@ -130,7 +134,20 @@ pub async fn handle(
             host,
         }) => {
             let log_path = target.clone();
-            let result = forward(&decision, request, peer, target, host, &request_id).await;
+            let request = rewrite(request, peer, target, host, &request_id);
+            let (request, mirror) = match decision.shadow {
+                Some(shadow) => shadow.begin(request, &decision.backend.upstream),
+                None => (request, None),
+            };
+            let result = exchange(&decision, request, peer).await;
+            let result = match (result, mirror) {
+                (Ok((response, release)), Some(mirror)) => {
+                    let copy = mirror.answered(&response, start.elapsed());
+                    Ok((response, release, Some(copy)))
+                }
+                // A failed primary drops its mirror: the shadow is cancelled, not compared.
+                (result, _) => result.map(|(response, release)| (response, release, None)),
+            };
             (Some(decision), Some(log_path), result)
         }
         Err(e) => (None, request.uri().path_and_query().cloned(), Err(e)),
@@ -146,7 +163,13 @@ pub async fn handle(
     };
     let path = log_path.as_ref().map_or("", |p| p.as_str());
     let mut response = match result {
-        Ok((response, release)) => response.map(|body| ResponseBody::upstream(body, release)),
+        Ok((response, release, copy)) => response.map(|body| {
+            let body = ResponseBody::upstream(body, release);
+            match copy {
+                Some(copy) => body.with_copy(copy),
+                None => body,
+            }
+        }),
         Err(error) => {
             match &error {
                 ProxyError::Upstream { kind, cause } => {
@@ -247,18 +270,16 @@ fn client_host(request: &Request<Incoming>) -> Result<Option<HeaderValue>, Proxy
     }
 }
 
-/// Rewrites the request for the chosen upstream and sends it.
-async fn forward(
-    decision: &Decision<'_>,
+/// Rewrites the client's request for the upstream: origin-form target, HTTP/1.1,
+/// hop-by-hop headers stripped, forwarding headers and the request id set.
+fn rewrite(
     request: Request<Incoming>,
     peer: &Peer,
     target: PathAndQuery,
     host: Option<HeaderValue>,
     request_id: &HeaderValue,
-) -> Result<(Response<Incoming>, PoolReturn), ProxyError> {
+) -> Request<RequestBody> {
     let (mut parts, body) = request.into_parts();
-    let upstream = &decision.backend.upstream;
-
     // hyper's connection-level client writes the target as given: origin-form.
     parts.uri = Uri::from(target);
     // Upstreams speak HTTP/1.1; hyper's client refuses to send an HTTP/2 request to them.
@@ -278,11 +299,20 @@ async fn forward(
         parts.headers.insert(HOST, host);
     }
     parts.headers.insert(&X_REQUEST_ID, request_id.clone());
+    Request::from_parts(parts, RequestBody::Stream(body))
+}
 
+/// Sends the request to the decision's upstream, within the route's timeout.
+async fn exchange(
+    decision: &Decision<'_>,
+    request: Request<RequestBody>,
+    peer: &Peer,
+) -> Result<(Response<Incoming>, PoolReturn), ProxyError> {
+    let upstream = &decision.backend.upstream;
     let mut timer = peer.route_timer(tokio::time::Instant::now() + decision.timeout);
     let sent = tokio::select! {
         biased;
-        exchanged = upstream.send(Request::from_parts(parts, body)) => Some(exchanged),
+        exchanged = upstream.send(request) => Some(exchanged),
         () = timer.as_mut() => None,
     };
     peer.keep_timer(timer);

@@ -50,6 +50,19 @@ pub enum Behaviour {
     Custom(StatusCode, Vec<(&'static str, &'static str)>),
     /// Streams a body of this many bytes (in 64 KiB chunks).
     Download(u64),
+    /// Answers with whatever the function makes of the request: status, headers, body.
+    Respond(Responder),
+}
+
+/// Builds a backend's answer from what it received.
+pub type Responder =
+    Arc<dyn Fn(&Recorded) -> (StatusCode, Vec<(String, String)>, String) + Send + Sync>;
+
+/// A [`Responder`] from a closure.
+pub fn responder(
+    f: impl Fn(&Recorded) -> (StatusCode, Vec<(String, String)>, String) + Send + Sync + 'static,
+) -> Behaviour {
+    Behaviour::Respond(Arc::new(f))
 }
 
 /// A real hyper server on 127.0.0.1:0.
@@ -102,7 +115,7 @@ impl Backend {
                                 Ok(collected) => collected.to_bytes().len(),
                                 Err(_) => usize::MAX,
                             };
-                            rec.lock().unwrap().push(Recorded {
+                            let recorded = Recorded {
                                 method: parts.method.clone(),
                                 target: parts
                                     .uri
@@ -111,7 +124,18 @@ impl Backend {
                                     .unwrap_or_default(),
                                 headers: parts.headers.clone(),
                                 body_len,
-                            });
+                            };
+                            rec.lock().unwrap().push(recorded.clone());
+                            if let Behaviour::Respond(respond) = &behaviour {
+                                let (status, headers, body) = respond(&recorded);
+                                let mut response = Response::builder().status(status);
+                                for (k, v) in headers {
+                                    response = response.header(k, v);
+                                }
+                                return Ok::<_, Infallible>(
+                                    response.body(Full::new(Bytes::from(body)).boxed()).unwrap(),
+                                );
+                            }
                             Ok::<_, Infallible>(answer(name, &behaviour, body_len).await)
                         }
                     });
@@ -187,6 +211,7 @@ async fn answer(
             }
             response
         }
+        Behaviour::Respond(_) => unreachable!("answered by the service"),
         Behaviour::Download(total) => Response::builder()
             .header("x-upstream", name)
             .body(ChunkBody::new(*total).boxed())
@@ -350,6 +375,23 @@ impl TestProxy {
     /// Reload attempts finished so far.
     pub fn attempts(&self) -> u64 {
         self.running.reloads().borrow().attempts
+    }
+
+    /// Waits until `series` reaches at least `value`, and returns its value. Metrics have
+    /// no change feed, so this polls `/metrics` until the event, bounded by `EVENT_TIMEOUT`.
+    pub async fn wait_for_metric(&self, series: &str, value: f64) -> f64 {
+        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let seen = self.metric(series).await;
+            if seen >= value {
+                return seen;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{series} stayed at {seen}, expected {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Waits until at least `failures` reloads have been rejected.

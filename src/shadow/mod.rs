@@ -1,0 +1,495 @@
+//! Shadow traffic: mirror a route's requests to another upstream and compare the answers.
+//!
+//! The primary path only ever does cheap, non-blocking things for a shadow: a random draw,
+//! a `try_acquire` on the route's concurrency limit, a copy of the request head, and bounded
+//! copies of the bodies as they stream past ([`crate::tee`]). Everything else, the shadow's
+//! connection, its answer, the optional second request to the primary upstream that learns
+//! noise, and the comparison, runs in a task of its own that the client never waits for.
+//! The comparison itself runs on the blocking pool, off the reactor.
+//!
+//! Bounds: at most `concurrency` shadow tasks per route (more are `dropped` and counted),
+//! each holding at most three bodies of `max_body` bytes, each finished within the route's
+//! timeout plus the shadow's.
+
+pub mod compare;
+pub mod jsonpath;
+pub mod record;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, HeaderValue};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::{Semaphore, oneshot};
+use tokio::time::Instant;
+
+use crate::config::ShadowSpec;
+use crate::metrics::{ShadowMetrics, ShadowOutcome};
+use crate::tee::{Lost, Tee, TeeBody, TeeReceiver};
+use crate::upstream::{RequestBody, SendError, Upstream};
+use compare::{Noise, Observed};
+use record::{Mismatch, MismatchLog};
+
+/// Marks every mirrored request (and every noise probe), so services can tell them apart.
+pub const SHADOW_HEADER: HeaderName = HeaderName::from_static("x-ficus-shadow");
+
+/// Methods safe to send a second time to the primary upstream to learn noise.
+const PROBE_METHODS: [Method; 3] = [Method::GET, Method::HEAD, Method::OPTIONS];
+
+/// A route's shadow state that outlives table generations: its concurrency limit (so a
+/// reload never lets a second batch of shadows start beside the first), the noise it
+/// has learned, and its recent mismatches.
+#[derive(Debug)]
+pub struct RouteState {
+    concurrency: usize,
+    permits: Arc<Semaphore>,
+    noise: Mutex<Noise>,
+    mismatches: Mutex<MismatchLog>,
+}
+
+impl RouteState {
+    fn new(concurrency: usize, noise: Noise, mismatches: MismatchLog) -> Self {
+        RouteState {
+            concurrency,
+            permits: Arc::new(Semaphore::new(concurrency)),
+            noise: Mutex::new(noise),
+            mismatches: Mutex::new(mismatches),
+        }
+    }
+
+    fn noise(&self) -> Noise {
+        self.noise.lock().map(|n| n.clone()).unwrap_or_default()
+    }
+}
+
+/// The shadow state of every shadowed route, by route name. Written only when a table is
+/// built; read by the admin endpoint.
+#[derive(Debug, Default)]
+pub struct ShadowRegistry {
+    routes: Mutex<HashMap<String, Arc<RouteState>>>,
+}
+
+impl ShadowRegistry {
+    /// Sets the shadowed routes to `live` (name and spec), keeping the state of routes
+    /// that stay and forgetting the rest. Learned noise is kept only while `noise = "learn"`.
+    pub fn update<'a>(
+        &self,
+        live: impl Iterator<Item = (&'a str, &'a ShadowSpec)>,
+    ) -> HashMap<String, Arc<RouteState>> {
+        let Ok(mut routes) = self.routes.lock() else {
+            return HashMap::new();
+        };
+        let mut next = HashMap::new();
+        for (name, spec) in live {
+            let state = match routes.get(name) {
+                Some(old) if old.concurrency == spec.concurrency && spec.learn_noise.is_some() => {
+                    old.clone()
+                }
+                Some(old) => {
+                    let noise = if spec.learn_noise.is_some() {
+                        old.noise()
+                    } else {
+                        Noise::default()
+                    };
+                    let log = old.mismatches.lock().map(|l| l.clone()).unwrap_or_default();
+                    Arc::new(RouteState::new(spec.concurrency, noise, log))
+                }
+                None => Arc::new(RouteState::new(
+                    spec.concurrency,
+                    Noise::default(),
+                    MismatchLog::default(),
+                )),
+            };
+            next.insert(name.to_owned(), state);
+        }
+        *routes = next.clone();
+        next
+    }
+
+    /// Recent mismatches and learned noise as JSON, for one route or all.
+    /// `None` when `route` names no shadowed route.
+    pub fn report(&self, route: Option<&str>) -> Option<serde_json::Value> {
+        let routes = self.routes.lock().ok()?;
+        let describe = |state: &RouteState| {
+            let (headers, json) = record::describe_noise(&state.noise());
+            let mismatches: Vec<Mismatch> = state
+                .mismatches
+                .lock()
+                .map(|l| l.iter().cloned().collect())
+                .unwrap_or_default();
+            serde_json::json!({
+                "learned_noise": { "headers": headers, "json": json },
+                "mismatches": mismatches,
+            })
+        };
+        let mut out = serde_json::Map::new();
+        match route {
+            Some(name) => {
+                out.insert(name.to_owned(), describe(routes.get(name)?));
+            }
+            None => {
+                let mut names: Vec<&String> = routes.keys().collect();
+                names.sort();
+                for name in names {
+                    out.insert(name.clone(), describe(&routes[name]));
+                }
+            }
+        }
+        Some(serde_json::json!({ "routes": out }))
+    }
+}
+
+/// A route's shadow as one table generation serves it.
+#[derive(Debug)]
+pub struct Shadow {
+    route: Arc<str>,
+    spec: ShadowSpec,
+    /// The shadow upstream, on its own pool: a hung shadow never holds the primary's connections.
+    target: Arc<Upstream>,
+    /// Shadow-side pools of the route's own upstreams, by name, for noise probes.
+    probes: Vec<Arc<Upstream>>,
+    metrics: ShadowMetrics,
+    state: Arc<RouteState>,
+    /// The route's timeout: how long the primary may take to answer.
+    primary_timeout: Duration,
+}
+
+/// What the primary side owes its shadow: its answer's head and a copy of its body.
+#[derive(Debug)]
+pub struct Mirror {
+    head: oneshot::Sender<PrimaryHead>,
+    body: Tee,
+}
+
+#[derive(Debug)]
+struct PrimaryHead {
+    status: StatusCode,
+    headers: HeaderMap,
+    latency: Duration,
+}
+
+impl Mirror {
+    /// The primary answered with `response` after `latency`: passes its head on and
+    /// returns the tee that copies its body as it streams to the client.
+    pub fn answered(self, response: &Response<Incoming>, latency: Duration) -> Tee {
+        let _ = self.head.send(PrimaryHead {
+            status: response.status(),
+            headers: response.headers().clone(),
+            latency,
+        });
+        self.body
+    }
+}
+
+/// One side's complete answer.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    latency: Duration,
+}
+
+/// A shadow that ended without a comparison: its outcome, and why (for debug logs).
+struct Ended(ShadowOutcome, &'static str);
+
+impl Shadow {
+    /// A route's shadow for one generation.
+    pub fn new(
+        route: &str,
+        spec: ShadowSpec,
+        target: Arc<Upstream>,
+        probes: Vec<Arc<Upstream>>,
+        metrics: ShadowMetrics,
+        state: Arc<RouteState>,
+        primary_timeout: Duration,
+    ) -> Self {
+        Shadow {
+            route: route.into(),
+            spec,
+            target,
+            probes,
+            metrics,
+            state,
+            primary_timeout,
+        }
+    }
+
+    /// The settings.
+    pub fn spec(&self) -> &ShadowSpec {
+        &self.spec
+    }
+
+    /// The metric handles (for retiring them).
+    pub fn metrics(&self) -> &ShadowMetrics {
+        &self.metrics
+    }
+
+    /// Starts mirroring `request`, about to go to `primary`, if it is chosen. Returns the
+    /// request to send (its body copied as it streams, when it has one) and, when mirrored,
+    /// what the primary side must hand over once it has answered.
+    pub fn begin(
+        self: &Arc<Self>,
+        request: Request<RequestBody>,
+        primary: &Upstream,
+    ) -> (Request<RequestBody>, Option<Mirror>) {
+        let spec = &self.spec;
+        if !spec.methods.contains(request.method())
+            || primary.spec.name == self.target.spec.name
+            || !(spec.sample >= 1.0 || fastrand::f64() < spec.sample)
+        {
+            return (request, None);
+        }
+        if declared_length(&request).is_some_and(|n| n > spec.max_body as u64) {
+            self.metrics.outcome(ShadowOutcome::Skipped);
+            return (request, None);
+        }
+        let Ok(permit) = self.state.permits.clone().try_acquire_owned() else {
+            self.metrics.outcome(ShadowOutcome::Dropped);
+            return (request, None);
+        };
+        let (parts, body) = request.into_parts();
+        let mut head = parts.clone();
+        head.headers
+            .insert(SHADOW_HEADER, HeaderValue::from_static("1"));
+        let (body, request_body) = match body {
+            RequestBody::Stream(incoming) if !incoming.is_end_stream() => {
+                let (tee, copy) = Tee::new(spec.max_body);
+                (RequestBody::Tee(TeeBody::new(incoming, tee)), Some(copy))
+            }
+            other => (other, None),
+        };
+        let (head_tx, head_rx) = oneshot::channel();
+        let (body_tee, body_rx) = Tee::new(spec.max_body);
+        let probe = spec
+            .learn_noise
+            .filter(|&sample| {
+                PROBE_METHODS.contains(&head.method) && (sample >= 1.0 || fastrand::f64() < sample)
+            })
+            .and_then(|_| {
+                self.probes
+                    .iter()
+                    .find(|p| p.spec.name == primary.spec.name)
+                    .cloned()
+            });
+        let shadow = self.clone();
+        tokio::spawn(async move {
+            let pending = Pending {
+                head,
+                request_body,
+                primary_head: head_rx,
+                primary_body: body_rx,
+                probe,
+            };
+            let outcome = match shadow.clone().run(pending).await {
+                Ok(outcome) => outcome,
+                Err(Ended(outcome, why)) => {
+                    tracing::debug!(
+                        route = &*shadow.route,
+                        outcome = outcome.as_str(),
+                        why,
+                        "shadow not compared"
+                    );
+                    outcome
+                }
+            };
+            shadow.metrics.outcome(outcome);
+            drop(permit);
+        });
+        let mirror = Mirror {
+            head: head_tx,
+            body: body_tee,
+        };
+        (Request::from_parts(parts, body), Some(mirror))
+    }
+
+    async fn run(self: Arc<Self>, pending: Pending) -> Result<ShadowOutcome, Ended> {
+        let Pending {
+            head,
+            request_body,
+            primary_head,
+            primary_body,
+            probe,
+        } = pending;
+        let skipped = |why| Ended(ShadowOutcome::Skipped, why);
+        // Bounded by the primary exchange: the copy arrives, or is dropped with it.
+        let body = match request_body {
+            None => Bytes::new(),
+            Some(copy) => match copy.await {
+                Ok(Ok(body)) => body,
+                Ok(Err(Lost::TooLarge)) => return Err(skipped("request body over max_body")),
+                Err(_) => return Err(skipped("request body not received whole")),
+            },
+        };
+        let deadline = Instant::now() + self.primary_timeout + self.spec.timeout;
+        let primary = async {
+            let head = primary_head.await.map_err(|_| skipped("primary failed"))?;
+            let body = match primary_body.await {
+                Ok(Ok(body)) => body,
+                Ok(Err(Lost::TooLarge)) => return Err(skipped("primary body over max_body")),
+                Err(_) => return Err(skipped("primary body not sent whole")),
+            };
+            Ok(Answer {
+                status: head.status,
+                headers: head.headers,
+                body,
+                latency: head.latency,
+            })
+        };
+        let primary = tokio::time::timeout_at(deadline, primary);
+        let shadow = self.exchange(&self.target, &head, body.clone());
+        let probe = async {
+            match &probe {
+                Some(pool) => Some(self.exchange(pool, &head, body.clone()).await),
+                None => None,
+            }
+        };
+        tokio::pin!(primary, shadow);
+        // A primary that fails or is abandoned cancels its shadow at once.
+        let (primary, shadow, probe) = tokio::select! {
+            biased;
+            primary_first = &mut primary => {
+                let primary = primary_first.map_err(|_| skipped("primary still streaming"))??;
+                let (shadow, probe) = tokio::join!(shadow, probe);
+                (primary, shadow, probe)
+            }
+            shadow_first = &mut shadow => {
+                let (primary, probe) = tokio::join!(primary, probe);
+                let primary = primary.map_err(|_| skipped("primary still streaming"))??;
+                (primary, shadow_first, probe)
+            }
+        };
+        let shadow = shadow?;
+        let probe = probe.and_then(Result::ok);
+        let this = self.clone();
+        let compared = tokio::task::spawn_blocking(move || {
+            let (spec, state) = (&this.spec, &this.state);
+            let mut noise = state.noise();
+            if let Some(probe) = &probe {
+                let learned = compare::learn(&spec.compare, observed(&primary), observed(probe));
+                if let Ok(mut shared) = state.noise.lock() {
+                    let added = record::merge_noise(&mut shared, learned);
+                    if !added.is_empty() {
+                        tracing::info!(route = &*this.route, learned = ?added, "shadow noise learned from the primary upstream");
+                    }
+                    noise = shared.clone();
+                }
+            }
+            let redact = |name: &HeaderName| spec.redacts(name);
+            let comparison = compare::compare(
+                &spec.compare,
+                &noise,
+                &redact,
+                observed(&primary),
+                observed(&shadow),
+            );
+            (comparison, primary, shadow)
+        })
+        .await;
+        let Ok((comparison, primary, shadow)) = compared else {
+            return Err(Ended(ShadowOutcome::Error, "comparison failed"));
+        };
+        self.metrics
+            .paired(primary.latency.as_secs_f64(), shadow.latency.as_secs_f64());
+        if comparison.is_match() {
+            return Ok(ShadowOutcome::Match);
+        }
+        let request_id = head
+            .headers
+            .get(&crate::proxy::headers::X_REQUEST_ID)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        tracing::info!(
+            route = &*self.route,
+            upstream = self.target.spec.name.as_str(),
+            request_id,
+            differences = comparison.differences.len(),
+            "shadow mismatch"
+        );
+        if let Ok(mut log) = self.state.mismatches.lock() {
+            log.push(Mismatch {
+                time: record::now_rfc3339(),
+                method: head.method.to_string(),
+                path: head.uri.path().to_owned(),
+                request_id,
+                primary_status: primary.status.as_u16(),
+                shadow_status: shadow.status.as_u16(),
+                diff: comparison,
+            });
+        }
+        Ok(ShadowOutcome::Mismatch)
+    }
+
+    /// Sends a copy of the request to `pool` and reads the answer, within `shadow.timeout`.
+    async fn exchange(&self, pool: &Upstream, head: &Parts, body: Bytes) -> Result<Answer, Ended> {
+        let request = Request::from_parts(head.clone(), RequestBody::full(body));
+        let started = Instant::now();
+        let limit = self.spec.max_body;
+        let exchange = async {
+            let (response, release) = pool.send(request).await.map_err(|e| {
+                let why = match e {
+                    SendError::ConnectTimeout(_) => "shadow connect timed out",
+                    SendError::Connect(_) => "shadow connect failed",
+                    SendError::Http(_) => "shadow exchange failed",
+                };
+                Ended(ShadowOutcome::Error, why)
+            })?;
+            let latency = started.elapsed();
+            let (parts, mut incoming) = response.into_parts();
+            let mut body = BytesMut::new();
+            while let Some(frame) = incoming.frame().await {
+                let frame = frame.map_err(|_| Ended(ShadowOutcome::Error, "shadow body failed"))?;
+                if let Some(data) = frame.data_ref() {
+                    if body.len() + data.len() > limit {
+                        return Err(Ended(ShadowOutcome::Skipped, "shadow body over max_body"));
+                    }
+                    body.extend_from_slice(data);
+                }
+            }
+            release.finish();
+            Ok(Answer {
+                status: parts.status,
+                headers: parts.headers,
+                body: body.freeze(),
+                latency,
+            })
+        };
+        tokio::time::timeout(self.spec.timeout, exchange)
+            .await
+            .unwrap_or(Err(Ended(ShadowOutcome::Timeout, "shadow timed out")))
+    }
+}
+
+/// What a shadow task starts with.
+struct Pending {
+    head: Parts,
+    request_body: Option<TeeReceiver>,
+    primary_head: oneshot::Receiver<PrimaryHead>,
+    primary_body: TeeReceiver,
+    probe: Option<Arc<Upstream>>,
+}
+
+fn observed(answer: &Answer) -> Observed<'_> {
+    Observed {
+        status: answer.status,
+        headers: &answer.headers,
+        body: &answer.body,
+    }
+}
+
+/// The request's declared body length, when it has one.
+fn declared_length(request: &Request<RequestBody>) -> Option<u64> {
+    let exact = request.body().size_hint().exact();
+    exact.or_else(|| {
+        request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    })
+}
