@@ -579,3 +579,40 @@ async fn reload_changes_shadowing_and_in_flight_shadows_finish() {
     let routes = proxy.admin_get("/routes").await.body;
     assert!(routes.contains("\"sample\":0.0"), "{routes}");
 }
+
+#[tokio::test]
+async fn demo_search_stand_ins_disagree_on_odd_length_queries() {
+    let mut urls = Vec::new();
+    for name in ["legacy", "search"] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        urls.push(format!("http://{}", listener.local_addr().unwrap()));
+        tokio::spawn(ficus::demo::serve_stand_in(listener, name));
+    }
+    let proxy = TestProxy::start(&format!(
+        "default = \"legacy\"\n[upstreams.legacy]\nendpoints = [\"{}\"]\n[upstreams.search]\nendpoints = [\"{}\"]\n\
+         [[routes]]\nname = \"search\"\nprefix = \"/api/search\"\nupstream = \"legacy\"\n\
+         shadow = {{ upstream = \"search\", sample = 1.0, ignore = {{ json = [\"$.took_ms\", \"$.served_at\"] }} }}\n",
+        urls[0], urls[1]
+    ))
+    .await;
+    let outcome = |outcome: &str| {
+        format!(
+            "ficus_shadow_requests_total{{outcome=\"{outcome}\",route=\"search\",upstream=\"search\"}}"
+        )
+    };
+    assert!(
+        proxy
+            .get("/api/search?q=ab")
+            .await
+            .body
+            .contains("\"ab-guide\"")
+    );
+    proxy.wait_for_metric(&outcome("match"), 1.0).await;
+    proxy.get("/api/search?q=abc").await;
+    proxy.wait_for_metric(&outcome("mismatch"), 1.0).await;
+    let report = proxy
+        .admin_get("/shadow/mismatches?route=search")
+        .await
+        .body;
+    assert!(report.contains("\"path\":\"$.hits[0]\""), "{report}");
+}

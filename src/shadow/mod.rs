@@ -317,16 +317,18 @@ impl Shadow {
             probe,
         } = pending;
         let skipped = |why| Ended(ShadowOutcome::Skipped, why);
-        // Bounded by the primary exchange: the copy arrives, or is dropped with it.
+        // Everything but the shadow's own exchange (bounded by `shadow.timeout`) waits on the
+        // primary side, which the route's timeout bounds.
+        let deadline = Instant::now() + self.primary_timeout + self.spec.timeout;
         let body = match request_body {
             None => Bytes::new(),
-            Some(copy) => match copy.await {
-                Ok(Ok(body)) => body,
-                Ok(Err(Lost::TooLarge)) => return Err(skipped("request body over max_body")),
-                Err(_) => return Err(skipped("request body not received whole")),
+            Some(copy) => match tokio::time::timeout_at(deadline, copy).await {
+                Ok(Ok(Ok(body))) => body,
+                Ok(Ok(Err(Lost::TooLarge))) => return Err(skipped("request body over max_body")),
+                Ok(Err(_)) => return Err(skipped("request body not received whole")),
+                Err(_) => return Err(skipped("request body still streaming")),
             },
         };
-        let deadline = Instant::now() + self.primary_timeout + self.spec.timeout;
         let primary = async {
             let head = primary_head.await.map_err(|_| skipped("primary failed"))?;
             let body = match primary_body.await {
