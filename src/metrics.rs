@@ -6,7 +6,12 @@
 //! route/upstream pair are resolved once per table generation
 //! ([`Metrics::backend`]), so the data path does no label lookups.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+
+// Memory ordering of the `retired` flags: `Relaxed`; they publish no other data. Records
+// that start after `retire` are dropped. One racing with it on another thread can still
+// re-create a series, a window of a few instructions once per removed pair.
 
 use http::StatusCode;
 use prometheus::{
@@ -192,6 +197,7 @@ impl Metrics {
     /// Shadow handles for one route and its shadow upstream; series are created on first use.
     pub fn shadow(&self, route: &str, upstream: &str) -> ShadowMetrics {
         ShadowMetrics(Arc::new(ShadowInner {
+            retired: AtomicBool::new(false),
             outcomes: Default::default(),
             sides: Default::default(),
             families: self.clone(),
@@ -204,6 +210,7 @@ impl Metrics {
     /// 10,000-route table costs no memory (and no `/metrics` lines) for idle routes.
     pub fn backend(&self, route: &str, upstream: &str) -> BackendMetrics {
         BackendMetrics(Arc::new(BackendInner {
+            retired: AtomicBool::new(false),
             duration: OnceLock::new(),
             errors: Default::default(),
             codes: Default::default(),
@@ -235,6 +242,9 @@ const COMMON_CODES: [u16; 24] = [
 ];
 
 struct BackendInner {
+    /// Set by `retire`: requests still in flight on a removed route are not recorded,
+    /// so they cannot re-create the removed series.
+    retired: AtomicBool,
     duration: OnceLock<Histogram>,
     errors: [OnceLock<IntCounter>; 4],
     /// Created on first use so that codes never seen add no series.
@@ -261,6 +271,9 @@ impl BackendMetrics {
     /// Records one answered request.
     pub fn record(&self, status: StatusCode, seconds: f64) {
         let inner = &*self.0;
+        if inner.retired.load(Ordering::Relaxed) {
+            return;
+        }
         inner
             .duration
             .get_or_init(|| {
@@ -288,6 +301,7 @@ impl BackendMetrics {
     /// drops the pair, so the exported series stay bounded by the live table.
     pub fn retire(&self) {
         let inner = &*self.0;
+        inner.retired.store(true, Ordering::Relaxed);
         let (route, upstream) = (&*inner.route, &*inner.upstream);
         let families = &inner.families;
         let _ = families.duration.remove_label_values(&[route, upstream]);
@@ -329,6 +343,9 @@ impl BackendMetrics {
 
     /// Counts an upstream failure.
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        if self.0.retired.load(Ordering::Relaxed) {
+            return;
+        }
         let index = UpstreamErrorKind::ALL
             .iter()
             .position(|&k| k == kind)
@@ -347,6 +364,9 @@ impl BackendMetrics {
 }
 
 struct ShadowInner {
+    /// Set by `retire`: later records (from shadows still in flight) are dropped
+    /// instead of re-creating the removed series.
+    retired: AtomicBool,
     outcomes: [OnceLock<IntCounter>; ShadowOutcome::ALL.len()],
     /// `side="primary"`, then `side="shadow"`.
     sides: [OnceLock<Histogram>; 2],
@@ -372,6 +392,9 @@ impl ShadowMetrics {
     /// Counts one shadow outcome.
     pub fn outcome(&self, outcome: ShadowOutcome) {
         let inner = &*self.0;
+        if inner.retired.load(Ordering::Relaxed) {
+            return;
+        }
         let index = ShadowOutcome::ALL
             .iter()
             .position(|&o| o == outcome)
@@ -390,6 +413,9 @@ impl ShadowMetrics {
     /// Records both sides' latency for one compared request.
     pub fn paired(&self, primary_seconds: f64, shadow_seconds: f64) {
         let inner = &*self.0;
+        if inner.retired.load(Ordering::Relaxed) {
+            return;
+        }
         for ((slot, side), seconds) in inner
             .sides
             .iter()
@@ -410,6 +436,7 @@ impl ShadowMetrics {
     /// Removes this pair's series (the route or its shadow left the table).
     pub fn retire(&self) {
         let inner = &*self.0;
+        inner.retired.store(true, Ordering::Relaxed);
         let (route, upstream) = (&*inner.route, &*inner.upstream);
         for outcome in ShadowOutcome::ALL {
             let _ = inner.families.shadow_requests.remove_label_values(&[
@@ -429,5 +456,48 @@ impl ShadowMetrics {
     /// The route and shadow upstream labels.
     pub fn labels(&self) -> (&str, &str) {
         (&self.0.route, &self.0.upstream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exported(registry: &Registry, family: &str) -> usize {
+        registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == family)
+            .map(|f| f.get_metric().len())
+            .sum()
+    }
+
+    #[test]
+    fn records_after_retire_do_not_recreate_series() {
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).unwrap();
+        let backend = metrics.backend("r", "u");
+        let shadow = metrics.shadow("r", "new");
+        backend.record(StatusCode::OK, 0.01);
+        shadow.outcome(ShadowOutcome::Match);
+        shadow.paired(0.01, 0.02);
+        assert_eq!(exported(&registry, REQUESTS_TOTAL), 1);
+        assert_eq!(exported(&registry, SHADOW_REQUESTS_TOTAL), 1);
+        backend.retire();
+        shadow.retire();
+        // A request and a shadow still in flight when the reload removed their route:
+        backend.record(StatusCode::BAD_GATEWAY, 0.01);
+        backend.upstream_error(UpstreamErrorKind::Connect);
+        shadow.outcome(ShadowOutcome::Timeout);
+        shadow.paired(0.01, 0.02);
+        for family in [
+            REQUESTS_TOTAL,
+            REQUEST_DURATION,
+            UPSTREAM_ERRORS_TOTAL,
+            SHADOW_REQUESTS_TOTAL,
+            SHADOW_DURATION,
+        ] {
+            assert_eq!(exported(&registry, family), 0, "{family}");
+        }
     }
 }

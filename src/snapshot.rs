@@ -132,13 +132,13 @@ impl Snapshot {
                     let probes = sides.iter().map(|&i| shadow_pools[i].clone()).collect();
                     let state = states.get(&route.name)?.clone();
                     Some(Arc::new(Shadow::new(
-                        &route.name,
-                        spec.clone(),
+                        route,
+                        spec,
                         target,
                         probes,
                         metrics,
                         state,
-                        route.timeout,
+                        shadows.comparisons(),
                     )))
                 });
                 RouteBackends(backends, shadow)

@@ -39,7 +39,7 @@ pub enum RequestBody {
     /// The client's body, streamed.
     Stream(Incoming),
     /// The client's body, streamed and copied for a shadow.
-    Tee(TeeBody),
+    Tee(Box<TeeBody>),
     /// A body already in memory (a shadow's copy).
     Full(Option<Bytes>),
 }
@@ -61,7 +61,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             RequestBody::Stream(body) => Pin::new(body).poll_frame(cx),
-            RequestBody::Tee(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Tee(body) => Pin::new(body.as_mut()).poll_frame(cx),
             RequestBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }

@@ -106,7 +106,7 @@ async fn mismatch_is_recorded_with_a_readable_diff_and_no_secrets() {
                     ("set-cookie".into(), "session=legacysecret".into()),
                     ("x-trace".into(), "tracesecret-1".into()),
                 ],
-                r#"{"id": 7, "name": "old", "meta": {"took_ms": 3}}"#.into(),
+                r#"{"id": 7, "name": "old", "meta": {"took_ms": 3}, "echo": {"X-Trace": "tracesecret-3"}}"#.into(),
             )
         }),
     )
@@ -121,7 +121,7 @@ async fn mismatch_is_recorded_with_a_readable_diff_and_no_secrets() {
                     ("set-cookie".into(), "session=newsecret".into()),
                     ("x-trace".into(), "tracesecret-2".into()),
                 ],
-                r#"{"id": 7, "name": "new", "meta": {"took_ms": 9}}"#.into(),
+                r#"{"id": 7, "name": "new", "meta": {"took_ms": 9}, "echo": {"X-Trace": "tracesecret-4"}}"#.into(),
             )
         }),
     )
@@ -181,14 +181,22 @@ async fn mismatch_is_recorded_with_a_readable_diff_and_no_secrets() {
     assert!(kinds.contains(&"status"), "{diff:?}");
     let name = diff
         .iter()
-        .find(|d| d["kind"] == "json")
-        .expect("a JSON difference");
-    assert_eq!(name["path"], "$.name");
+        .find(|d| d["path"] == "$.name")
+        .expect("a JSON difference at $.name");
+    assert_eq!(name["kind"], "json");
     assert_eq!(name["primary"], "\"old\"");
     assert_eq!(name["shadow"], "\"new\"");
     assert!(
         diff.iter().all(|d| d["path"] != "$.meta.took_ms"),
         "ignored path reported: {diff:?}"
+    );
+    let echoed = diff
+        .iter()
+        .find(|d| d["path"] == "$.echo.X-Trace")
+        .expect("the echoed header differs");
+    assert_eq!(
+        echoed["primary"], "[redacted]",
+        "a redacted header echoed in a body"
     );
     let headers: Vec<&serde_json::Value> = diff.iter().filter(|d| d["kind"] == "header").collect();
     assert_eq!(headers.len(), 2, "{diff:?}");
@@ -576,6 +584,9 @@ async fn reload_changes_shadowing_and_in_flight_shadows_finish() {
     gate.add_permits(1);
     assert_eq!(proxy.wait_for_metric(&series("mismatch"), 1.0).await, 1.0);
     assert_eq!(new.requests().len(), 1, "generation 2 mirrors nothing");
+    // Recorded in the route's state, which outlives the generation that started it.
+    let report = proxy.admin_get("/shadow/mismatches?route=api").await.body;
+    assert!(report.contains("\"path\":\"/api/one\""), "{report}");
     let routes = proxy.admin_get("/routes").await.body;
     assert!(routes.contains("\"sample\":0.0"), "{routes}");
 }
@@ -615,4 +626,169 @@ async fn demo_search_stand_ins_disagree_on_odd_length_queries() {
         .await
         .body;
     assert!(report.contains("\"path\":\"$.hits[0]\""), "{report}");
+}
+
+#[tokio::test]
+async fn reloads_never_lift_the_concurrency_limit() {
+    let legacy = Backend::start("legacy").await;
+    let hung = Backend::with("new", Behaviour::Gated(Arc::new(Semaphore::new(0)))).await;
+    let shadow = "{ upstream = \"new\", sample = 1.0, concurrency = 2, timeout = \"60s\" }";
+    let proxy = TestProxy::start(&shadowed(&legacy, &hung, shadow)).await;
+    proxy.get("/api/1").await;
+    proxy.get("/api/2").await;
+    hung.wait_for_arrivals(2).await;
+    for generation in 2..=4 {
+        // Any edit builds a new generation; the two shadows in flight still count.
+        let edit = format!("{}# edit {generation}\n", shadowed(&legacy, &hung, shadow));
+        proxy.rewrite(&edit).await;
+        proxy.wait_for_generation(generation).await;
+        proxy.get(&format!("/api/after-{generation}")).await;
+    }
+    assert_eq!(proxy.wait_for_metric(&series("dropped"), 3.0).await, 3.0);
+    assert_eq!(hung.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn clients_cannot_mark_their_requests_as_shadow_traffic() {
+    let legacy = Backend::start("legacy").await;
+    let proxy = TestProxy::start(&table(&[("legacy", &legacy)], "")).await;
+    proxy
+        .send(
+            Method::POST,
+            "/orders",
+            &[("x-ficus-shadow", "1")],
+            b"real write",
+        )
+        .await;
+    let received = &legacy.requests()[0];
+    assert!(received.headers.get("x-ficus-shadow").is_none());
+    assert_eq!(received.body_len, 10);
+}
+
+#[tokio::test]
+async fn failed_probe_teaches_no_noise() {
+    // The legacy side throttles the probe (its second copy of the request): that answer
+    // differs in everything and must not be learned.
+    let legacy = Backend::with(
+        "legacy",
+        responder(|r| {
+            let json = vec![("content-type".into(), "application/json".into())];
+            if r.headers.contains_key("x-ficus-shadow") {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json,
+                    r#"{"error": "busy"}"#.into(),
+                )
+            } else {
+                (StatusCode::OK, json, r#"{"items": [1, 2]}"#.into())
+            }
+        }),
+    )
+    .await;
+    let new = json_backend("new", |_| r#"{"items": [1, 3]}"#.into()).await;
+    let proxy = TestProxy::start(&shadowed(
+        &legacy,
+        &new,
+        "{ upstream = \"new\", sample = 1.0, noise = \"learn\", noise_sample = 1.0 }",
+    ))
+    .await;
+    proxy.get("/api/list").await;
+    proxy.wait_for_metric(&series("mismatch"), 1.0).await;
+    let report = proxy.admin_get("/shadow/mismatches?route=api").await.body;
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(
+        report["routes"]["api"]["learned_noise"]["json"],
+        serde_json::json!([])
+    );
+    assert_eq!(legacy.requests().len(), 2, "the probe was sent");
+}
+
+#[tokio::test]
+async fn failed_shadow_frees_its_slot_before_the_primary_ends() {
+    let gate = Arc::new(Semaphore::new(0));
+    let legacy = Backend::with("legacy", Behaviour::Gated(gate.clone())).await;
+    let refused = refusing_target().await;
+    let proxy = Arc::new(
+        TestProxy::start(&table(
+            &[("legacy", &legacy)],
+            &format!(
+                "[upstreams.new]\nendpoints = [\"{refused}\"]\n[[routes]]\nname = \"api\"\nprefix = \"/api\"\nupstream = \"legacy\"\n\
+                 shadow = {{ upstream = \"new\", sample = 1.0, concurrency = 1 }}\n"
+            ),
+        ))
+        .await,
+    );
+    let slow = tokio::spawn({
+        let proxy = proxy.clone();
+        async move { proxy.get("/api/slow").await }
+    });
+    legacy.wait_for_arrivals(1).await;
+    // Counted while the primary still waits: the shadow did not hold its slot for it.
+    proxy.wait_for_metric(&series("error"), 1.0).await;
+    gate.add_permits(2);
+    assert_eq!(slow.await.unwrap().status, StatusCode::OK);
+    proxy.get("/api/next").await;
+    assert_eq!(proxy.wait_for_metric(&series("error"), 2.0).await, 2.0);
+    assert_eq!(proxy.metric(&series("dropped")).await, 0.0);
+}
+
+#[tokio::test]
+async fn primary_streams_to_the_client_while_its_copy_is_kept() {
+    // The primary sends its first chunk, then waits: the client must get that chunk
+    // before the rest exists, with shadowing on.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let legacy_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn({
+        let gate = gate.clone();
+        async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf[..n]);
+            }
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+                .await
+                .unwrap();
+            gate.notified().await;
+            stream.write_all(b"4\r\nrest\r\n0\r\n\r\n").await.unwrap();
+            let _ = stream.read(&mut buf).await;
+        }
+    });
+    let new = Backend::with(
+        "new",
+        responder(|_| (StatusCode::OK, Vec::new(), "firstrest".into())),
+    )
+    .await;
+    let proxy = TestProxy::start(&format!(
+        "default = \"legacy\"\n[upstreams.legacy]\nendpoints = [\"{legacy_url}\"]\n[upstreams.new]\nendpoints = [\"{}\"]\n\
+         [[routes]]\nname = \"api\"\nprefix = \"/api\"\nupstream = \"legacy\"\nshadow = {{ upstream = \"new\", sample = 1.0 }}\n",
+        new.url()
+    ))
+    .await;
+    let addr: std::net::SocketAddr = proxy.url("").trim_start_matches("http://").parse().unwrap();
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET /api/feed HTTP/1.1\r\nhost: shop\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(support::EVENT_TIMEOUT, async {
+        while !String::from_utf8_lossy(&received).contains("first") {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early");
+            received.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the first chunk arrives before the primary finishes");
+    gate.notify_one();
+    let _ = tokio::time::timeout(support::EVENT_TIMEOUT, client.read_to_end(&mut received)).await;
+    assert!(String::from_utf8_lossy(&received).contains("rest"));
+    // The copy was whole: the shadow's identical body matches.
+    assert_eq!(proxy.wait_for_metric(&series("match"), 1.0).await, 1.0);
 }

@@ -14,6 +14,9 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`.
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Ficus-Shadow`: marks mirrored requests. Only ficus sets it; a client's own is removed,
+/// or a client could make a service treat a real request as shadow traffic (and skip a write).
+pub static X_FICUS_SHADOW: HeaderName = HeaderName::from_static("x-ficus-shadow");
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1),
 /// plus the legacy ones proxies are known to see, and proxy credentials, which
@@ -42,10 +45,26 @@ fn is_protected(name: &HeaderName) -> bool {
 
 /// Removes hop-by-hop headers: every name listed in any `Connection` line, then the fixed set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip(headers, false);
+}
+
+/// Removes from a client's request the hop-by-hop headers and the headers only ficus may
+/// set ([`X_FICUS_SHADOW`]).
+pub fn strip_request(headers: &mut HeaderMap) {
+    strip(headers, true);
+}
+
+fn strip(headers: &mut HeaderMap, request: bool) {
     // Most messages carry none of these: one pass over the names present is far
-    // cheaper than a hash lookup per hop-by-hop name (this runs twice per request).
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    // cheaper than a hash lookup per name (this runs twice per request).
+    if !headers
+        .keys()
+        .any(|name| HOP_BY_HOP.contains(name) || (request && *name == X_FICUS_SHADOW))
+    {
         return;
+    }
+    if request {
+        headers.remove(&X_FICUS_SHADOW);
     }
     if headers.contains_key(header::CONNECTION) {
         // Collect first: the names borrow the map we are about to change.

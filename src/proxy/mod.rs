@@ -284,7 +284,7 @@ fn rewrite(
     parts.uri = Uri::from(target);
     // Upstreams speak HTTP/1.1; hyper's client refuses to send an HTTP/2 request to them.
     parts.version = Version::HTTP_11;
-    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_request(&mut parts.headers);
     // With Transfer-Encoding stripped, a body of unknown length (chunked, or HTTP/2 DATA
     // without content-length) must be re-framed explicitly: hyper's client would send a
     // GET's unannounced body as empty.

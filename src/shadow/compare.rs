@@ -194,7 +194,7 @@ pub fn compare(
         }
     }
     if spec.body && !out.truncated {
-        compare_bodies(spec, noise, primary, shadow, &mut out);
+        compare_bodies(spec, noise, redact, primary, shadow, &mut out);
     }
     Comparison {
         differences: out.differences,
@@ -393,6 +393,7 @@ fn nesting_within(body: &[u8], max: usize) -> bool {
 fn compare_bodies(
     spec: &CompareSpec,
     noise: &Noise,
+    redact: &dyn Fn(&HeaderName) -> bool,
     primary: Observed<'_>,
     shadow: Observed<'_>,
     out: &mut Collector,
@@ -408,10 +409,22 @@ fn compare_bodies(
                 ignore: &ignore,
                 path: Vec::new(),
                 sink: |path: &[SegRef<'_>], a: Option<&Value>, b: Option<&Value>| {
+                    // A body that echoes a redacted header (`{"authorization": ...}`)
+                    // must not show it either.
+                    let secret = path.iter().any(|seg| match seg {
+                        SegRef::Key(key) => {
+                            HeaderName::from_bytes(key.as_bytes()).is_ok_and(|name| redact(&name))
+                        }
+                        SegRef::Index(_) => false,
+                    });
+                    let show = |value: Option<&Value>| match value {
+                        Some(_) if secret => Some(REDACTED.to_owned()),
+                        value => value.map(compact),
+                    };
                     out.push(|| Difference::Json {
                         path: cut(render_refs(path)),
-                        primary: a.map(compact),
-                        shadow: b.map(compact),
+                        primary: show(a),
+                        shadow: show(b),
                     })
                 },
             };

@@ -16,6 +16,7 @@ pub mod jsonpath;
 pub mod record;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ use hyper::body::Incoming;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 
-use crate::config::ShadowSpec;
+use crate::config::{Route, ShadowSpec};
 use crate::metrics::{ShadowMetrics, ShadowOutcome};
 use crate::tee::{Lost, Tee, TeeBody, TeeReceiver};
 use crate::upstream::{RequestBody, SendError, Upstream};
@@ -37,30 +38,46 @@ use compare::{Noise, Observed};
 use record::{Mismatch, MismatchLog};
 
 /// Marks every mirrored request (and every noise probe), so services can tell them apart.
-pub const SHADOW_HEADER: HeaderName = HeaderName::from_static("x-ficus-shadow");
+/// ficus removes it from clients' requests.
+pub use crate::proxy::headers::X_FICUS_SHADOW as SHADOW_HEADER;
 
 /// Methods safe to send a second time to the primary upstream to learn noise.
 const PROBE_METHODS: [Method; 3] = [Method::GET, Method::HEAD, Method::OPTIONS];
 
-/// A route's shadow state that outlives table generations: its concurrency limit (so a
-/// reload never lets a second batch of shadows start beside the first), the noise it
-/// has learned, and its recent mismatches.
+/// A route's shadow state that outlives table generations: its limit and count of shadows
+/// in flight (one count across reloads, so a reload never lets a second batch start beside
+/// the first), the noise it has learned, and its recent mismatches.
 #[derive(Debug)]
 pub struct RouteState {
-    concurrency: usize,
-    permits: Arc<Semaphore>,
+    limit: AtomicUsize,
+    in_flight: AtomicUsize,
     noise: Mutex<Noise>,
     mismatches: Mutex<MismatchLog>,
 }
 
+// Memory ordering: the two counters publish no other data; each is only compared with
+// the other's current value, so `Relaxed` suffices. A reload that lowers the limit lets
+// the shadows already in flight finish; new ones start once the count is below it.
+const COUNT: Ordering = Ordering::Relaxed;
+
 impl RouteState {
-    fn new(concurrency: usize, noise: Noise, mismatches: MismatchLog) -> Self {
+    fn new(limit: usize) -> Self {
         RouteState {
-            concurrency,
-            permits: Arc::new(Semaphore::new(concurrency)),
-            noise: Mutex::new(noise),
-            mismatches: Mutex::new(mismatches),
+            limit: AtomicUsize::new(limit),
+            in_flight: AtomicUsize::new(0),
+            noise: Mutex::new(Noise::default()),
+            mismatches: Mutex::new(MismatchLog::default()),
         }
+    }
+
+    /// A slot for one more shadow, unless `limit` are in flight.
+    fn try_start(self: &Arc<Self>) -> Option<InFlight> {
+        let before = self.in_flight.fetch_add(1, COUNT);
+        if before >= self.limit.load(COUNT) {
+            self.in_flight.fetch_sub(1, COUNT);
+            return None;
+        }
+        Some(InFlight(self.clone()))
     }
 
     fn noise(&self) -> Noise {
@@ -68,16 +85,41 @@ impl RouteState {
     }
 }
 
+/// One shadow in flight; dropping it frees the slot.
+#[derive(Debug)]
+struct InFlight(Arc<RouteState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // Paired with the successful increment in `try_start`.
+        self.0.in_flight.fetch_sub(1, COUNT);
+    }
+}
+
 /// The shadow state of every shadowed route, by route name. Written only when a table is
 /// built; read by the admin endpoint.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ShadowRegistry {
     routes: Mutex<HashMap<String, Arc<RouteState>>>,
+    /// Comparisons running at once, across routes: each parses up to two bodies of
+    /// `max_body`, so their memory is bounded by this times the largest `max_body`.
+    comparisons: Arc<Semaphore>,
+}
+
+impl Default for ShadowRegistry {
+    fn default() -> Self {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        ShadowRegistry {
+            routes: Mutex::default(),
+            comparisons: Arc::new(Semaphore::new(threads.max(2))),
+        }
+    }
 }
 
 impl ShadowRegistry {
-    /// Sets the shadowed routes to `live` (name and spec), keeping the state of routes
-    /// that stay and forgetting the rest. Learned noise is kept only while `noise = "learn"`.
+    /// Sets the shadowed routes to `live` (name and spec): a route that stays keeps its
+    /// state (its count of shadows in flight, mismatches and, while `noise = "learn"`,
+    /// learned noise) with the new limit; the others are forgotten.
     pub fn update<'a>(
         &self,
         live: impl Iterator<Item = (&'a str, &'a ShadowSpec)>,
@@ -88,28 +130,26 @@ impl ShadowRegistry {
         let mut next = HashMap::new();
         for (name, spec) in live {
             let state = match routes.get(name) {
-                Some(old) if old.concurrency == spec.concurrency && spec.learn_noise.is_some() => {
+                Some(old) => {
+                    old.limit.store(spec.concurrency, COUNT);
+                    if spec.learn_noise.is_none()
+                        && let Ok(mut noise) = old.noise.lock()
+                    {
+                        *noise = Noise::default();
+                    }
                     old.clone()
                 }
-                Some(old) => {
-                    let noise = if spec.learn_noise.is_some() {
-                        old.noise()
-                    } else {
-                        Noise::default()
-                    };
-                    let log = old.mismatches.lock().map(|l| l.clone()).unwrap_or_default();
-                    Arc::new(RouteState::new(spec.concurrency, noise, log))
-                }
-                None => Arc::new(RouteState::new(
-                    spec.concurrency,
-                    Noise::default(),
-                    MismatchLog::default(),
-                )),
+                None => Arc::new(RouteState::new(spec.concurrency)),
             };
             next.insert(name.to_owned(), state);
         }
         *routes = next.clone();
         next
+    }
+
+    /// Where comparisons wait for their turn.
+    pub fn comparisons(&self) -> Arc<Semaphore> {
+        self.comparisons.clone()
     }
 
     /// Recent mismatches and learned noise as JSON, for one route or all.
@@ -156,6 +196,8 @@ pub struct Shadow {
     probes: Vec<Arc<Upstream>>,
     metrics: ShadowMetrics,
     state: Arc<RouteState>,
+    /// Shared by all routes: comparisons running at once.
+    comparisons: Arc<Semaphore>,
     /// The route's timeout: how long the primary may take to answer.
     primary_timeout: Duration,
 }
@@ -201,22 +243,23 @@ struct Ended(ShadowOutcome, &'static str);
 impl Shadow {
     /// A route's shadow for one generation.
     pub fn new(
-        route: &str,
-        spec: ShadowSpec,
+        route: &Route,
+        spec: &ShadowSpec,
         target: Arc<Upstream>,
         probes: Vec<Arc<Upstream>>,
         metrics: ShadowMetrics,
         state: Arc<RouteState>,
-        primary_timeout: Duration,
+        comparisons: Arc<Semaphore>,
     ) -> Self {
         Shadow {
-            route: route.into(),
-            spec,
+            route: route.name.as_str().into(),
+            spec: spec.clone(),
             target,
             probes,
             metrics,
             state,
-            primary_timeout,
+            comparisons,
+            primary_timeout: route.timeout,
         }
     }
 
@@ -249,18 +292,21 @@ impl Shadow {
             self.metrics.outcome(ShadowOutcome::Skipped);
             return (request, None);
         }
-        let Ok(permit) = self.state.permits.clone().try_acquire_owned() else {
+        let Some(slot) = self.state.try_start() else {
             self.metrics.outcome(ShadowOutcome::Dropped);
             return (request, None);
         };
         let (parts, body) = request.into_parts();
         let mut head = parts.clone();
         head.headers
-            .insert(SHADOW_HEADER, HeaderValue::from_static("1"));
+            .insert(&SHADOW_HEADER, HeaderValue::from_static("1"));
         let (body, request_body) = match body {
             RequestBody::Stream(incoming) if !incoming.is_end_stream() => {
                 let (tee, copy) = Tee::new(spec.max_body);
-                (RequestBody::Tee(TeeBody::new(incoming, tee)), Some(copy))
+                (
+                    RequestBody::Tee(Box::new(TeeBody::new(incoming, tee))),
+                    Some(copy),
+                )
             }
             other => (other, None),
         };
@@ -299,7 +345,7 @@ impl Shadow {
                 }
             };
             shadow.metrics.outcome(outcome);
-            drop(permit);
+            drop(slot);
         });
         let mirror = Mirror {
             head: head_tx,
@@ -361,13 +407,22 @@ impl Shadow {
                 (primary, shadow, probe)
             }
             shadow_first = &mut shadow => {
+                // A failed shadow has nothing to compare: free its slot now.
+                let shadow_first = Ok(shadow_first?);
                 let (primary, probe) = tokio::join!(primary, probe);
                 let primary = primary.map_err(|_| skipped("primary still streaming"))??;
                 (primary, shadow_first, probe)
             }
         };
         let shadow = shadow?;
-        let probe = probe.and_then(Result::ok);
+        // Only two good answers to the same request teach anything: a failed or throttled
+        // probe differs in everything, and would hide real differences.
+        let probe = probe
+            .and_then(Result::ok)
+            .filter(|p| p.status == primary.status && p.status.is_success());
+        let Ok(_turn) = self.comparisons.clone().acquire_owned().await else {
+            return Err(Ended(ShadowOutcome::Error, "comparisons closed"));
+        };
         let this = self.clone();
         let compared = tokio::task::spawn_blocking(move || {
             let (spec, state) = (&this.spec, &this.state);

@@ -54,8 +54,12 @@ impl MismatchLog {
     }
 }
 
+/// Longest learned JSON path kept: keys come from response bodies.
+pub const MAX_NOISE_PATH_CHARS: usize = 256;
+
 /// Adds what `learned` found to `noise`, skipping what is known, up to [`MAX_NOISE`] entries.
-/// Returns the entries that are new.
+/// Never learns the whole document (`$`, when the two answers' shapes differ entirely) nor
+/// paths longer than [`MAX_NOISE_PATH_CHARS`]. Returns the entries that are new.
 pub fn merge_noise(noise: &mut Noise, learned: Noise) -> Vec<String> {
     let mut added = Vec::new();
     for name in learned.headers {
@@ -71,10 +75,12 @@ pub fn merge_noise(noise: &mut Noise, learned: Noise) -> Vec<String> {
         if noise.headers.len() + noise.json.len() >= MAX_NOISE {
             break;
         }
-        if !noise.json.contains(&path) {
-            added.push(path.to_string());
-            noise.json.push(path);
+        let text = path.to_string();
+        if text == "$" || text.len() > MAX_NOISE_PATH_CHARS || noise.json.contains(&path) {
+            continue;
         }
+        added.push(text);
+        noise.json.push(path);
     }
     added
 }
@@ -172,6 +178,17 @@ mod tests {
         };
         assert_eq!(merge_noise(&mut noise, learned.clone()).len(), 2);
         assert!(merge_noise(&mut noise, learned).is_empty());
+        let whole = Noise {
+            headers: Vec::new(),
+            json: vec![
+                JsonPath::parse("$").unwrap(),
+                JsonPath::parse(&format!("$.{}", "k".repeat(300))).unwrap(),
+            ],
+        };
+        assert!(
+            merge_noise(&mut noise, whole).is_empty(),
+            "never the root, never huge keys"
+        );
         for i in 0..(MAX_NOISE * 2) {
             let path = JsonPath::parse(&format!("$.k{i}")).unwrap();
             merge_noise(
