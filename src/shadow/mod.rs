@@ -152,7 +152,7 @@ impl ShadowRegistry {
         self.comparisons.clone()
     }
 
-    /// Recent mismatches and learned noise as JSON, for one route or all.
+    /// Shadows in flight, recent mismatches and learned noise as JSON, for one route or all.
     /// `None` when `route` names no shadowed route.
     pub fn report(&self, route: Option<&str>) -> Option<serde_json::Value> {
         let routes = self.routes.lock().ok()?;
@@ -164,6 +164,8 @@ impl ShadowRegistry {
                 .map(|l| l.iter().cloned().collect())
                 .unwrap_or_default();
             serde_json::json!({
+                "in_flight": state.in_flight.load(COUNT),
+                "concurrency": state.limit.load(COUNT),
                 "learned_noise": { "headers": headers, "json": json },
                 "mismatches": mismatches,
             })
