@@ -4,8 +4,9 @@
 Everything runs on 127.0.0.1, every loop is bounded, and only the processes this
 script started are stopped. See README.md ("Performance") for how to read the output.
 
-    bench/run.sh            # full run (a few minutes)
-    bench/run.sh --smoke    # a few seconds per config: checks the harness still works
+    bench/run.sh                   # full run (a few minutes)
+    bench/run.sh --smoke           # a few seconds per config: checks the harness still works
+    bench/run.sh --scenarios 7     # shadowing only: nginx mirror vs ficus shadow, off/fast/slow target
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 BACKEND_PORTS = (18080, 18081)
 PORTS = {"direct": 18080, "nginx": 18082, "haproxy": 18083, "ficus": 18084}
 FICUS_ADMIN = 18094
+# Scenario 7: the shadow/mirror targets (one extra bench_backend process) and the extra
+# proxy instances, each on its own port so the six configs can run interleaved.
+MIRROR_DELAY = "200ms"
+MIRROR_TARGETS = {"fast": 18085, "slow": 18086}
+SHADOW_PORTS = {"nginx mirror fast": 18087, "nginx mirror slow": 18088, "ficus shadow fast": 18089, "ficus shadow slow": 18090}
+SHADOW_ADMIN = {"ficus shadow fast": 18095, "ficus shadow slow": 18096}
+SHADOW_KEY = "7. shadowing"
 NOFILE = 20000
 
 
@@ -129,23 +137,43 @@ def process_tree_cpu(pids: list[int]) -> float:
 # ---------------------------------------------------------------- configs
 
 
-def nginx_conf(tmp: Path, port: int, scenario: str) -> Path:
+def nginx_conf(tmp: Path, port: int, scenario: str, mirror: str | None = None, name: str = "nginx") -> Path:
+    """`mirror`: None, or "fast"/"slow": mirror every request to that scenario-7 target."""
     split = ""
     upstream = "backend"
+    mirror_here = ""
+    mirror_location = ""
+    if mirror:
+        split += f"""
+    upstream mirror_up {{ server 127.0.0.1:{MIRROR_TARGETS[mirror]}; keepalive 64; }}
+"""
+        mirror_here = """
+            mirror /mirror;
+            mirror_request_body off;"""
+        mirror_location = """
+        location = /mirror {
+            internal;
+            proxy_pass http://mirror_up$request_uri;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+        }"""
     if scenario == "split":
-        split = """
+        split += """
     upstream new { server 127.0.0.1:18081; keepalive 64; }
     split_clients "${http_x_user_id}" $pool { 30% new; * backend; }
 """
         upstream = "$pool"
-    conf = tmp / f"nginx-{scenario}.conf"
+    slug = name.replace(" ", "-")
+    conf = tmp / f"{slug}-{scenario}.conf"
     conf.write_text(
         f"""
 worker_processes 1;
 daemon off;
 master_process off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
+pid {tmp}/{slug}.pid;
+error_log {tmp}/{slug}-error.log warn;
 worker_rlimit_nofile {NOFILE};
 events {{ worker_connections 30000; }}
 http {{
@@ -161,13 +189,13 @@ http {{
     {split}
     server {{
         listen 127.0.0.1:{port} reuseport backlog=65535;
-        location / {{
+        location / {{{mirror_here}
             proxy_pass http://{upstream};
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_request_buffering off;
             proxy_buffering off;
-        }}
+        }}{mirror_location}
     }}
 }}
 """
@@ -212,16 +240,28 @@ frontend fe
     return conf
 
 
-def ficus_table(tmp: Path, port: int, scenario: str, routes: int, variant: int = 0) -> Path:
+def ficus_table(
+    tmp: Path,
+    port: int,
+    scenario: str,
+    routes: int,
+    variant: int = 0,
+    shadow: str | None = None,
+    admin: int = FICUS_ADMIN,
+    name: str = "ficus",
+) -> Path:
+    """`shadow`: None, or "fast"/"slow": upstream `new` is that scenario-7 target, and the
+    `api` route mirrors every request to it."""
+    new_port = MIRROR_TARGETS[shadow] if shadow else BACKEND_PORTS[1]
     lines = [
         'default = "legacy"',
         "[listen]",
         f'proxy = "127.0.0.1:{port}"',
-        f'admin = "127.0.0.1:{FICUS_ADMIN}"',
+        f'admin = "127.0.0.1:{admin}"',
         "[upstreams.legacy]",
         f'endpoints = ["http://127.0.0.1:{BACKEND_PORTS[0]}"]',
         "[upstreams.new]",
-        f'endpoints = ["http://127.0.0.1:{BACKEND_PORTS[1]}"]',
+        f'endpoints = ["http://127.0.0.1:{new_port}"]',
     ]
     for i in range(routes):
         lines += [
@@ -240,9 +280,12 @@ def ficus_table(tmp: Path, port: int, scenario: str, routes: int, variant: int =
         ]
     else:
         lines += ["[[routes]]", 'name = "api"', 'prefix = "/api"', 'upstream = "legacy"']
+    if shadow:
+        lines.append('shadow = { upstream = "new", sample = 1.0, timeout = "5s", concurrency = 64 }')
     # A comment that differs per variant: scenario 6 alternates two tables.
     lines.append(f"# variant {variant}")
-    path = tmp / "ficus" / "routes.toml"
+    # One directory per instance: ficus watches its table's file.
+    path = tmp / name.replace(" ", "-") / "routes.toml"
     path.parent.mkdir(exist_ok=True)
     temp = path.with_suffix(".tmp")
     temp.write_text("\n".join(lines) + "\n")
@@ -263,6 +306,7 @@ class Run:
     non2xx: int
     cpu_us_per_req: float | None
     busy_other: float
+    shadow: dict[str, int] | None = None  # scenario 7, ficus: shadow outcomes during this run
 
 
 @dataclass
@@ -273,11 +317,28 @@ class Series:
 
 
 def to_ms(text: str) -> float:
-    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    # wrk prints latencies with the units us, ms and s (format_time_us in its units.c).
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
     if not m:
-        return float("nan")
+        raise ValueError(f"unexpected latency in wrk's output: {text!r}")
     value, unit = float(m.group(1)), m.group(2)
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def percentile_ms(out: str, percent: int) -> float:
+    """A line of wrk's "Latency Distribution" block, such as `     50%    1.91ms`.
+
+    Anchored to the start of a line: unanchored, `50%` also matched the end of the
+    "+/- Stdev" column of the thread stats (`85.50%`), then took the next word
+    ("Req/Sec") as the latency, which came out as nan.
+    """
+    block = out.split("Latency Distribution", 1)
+    if len(block) != 2:
+        raise RuntimeError(f"no latency distribution in wrk's output:\n{out}")
+    m = re.search(rf"^\s*{percent}(?:\.0+)?%\s+(\S+)\s*$", block[1], re.M)
+    if not m:
+        raise RuntimeError(f"no {percent}% line in wrk's latency distribution:\n{out}")
+    return to_ms(m.group(1))
 
 
 def wrk(url: str, seconds: float, connections: int, extra: list[str], measured: list[int], all_pids: list[int]) -> Run:
@@ -285,7 +346,9 @@ def wrk(url: str, seconds: float, connections: int, extra: list[str], measured: 
     cpu_before = process_tree_cpu(measured)
     busy_before = machine_busy_seconds()
     ours_before = process_tree_cpu(all_pids)
+    wrk_cpu_before = children_cpu()
     wrk_proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, preexec_fn=raise_nofile)
+    wrk_cpu = children_cpu() - wrk_cpu_before
     cpu_after = process_tree_cpu(measured)
     busy_after = machine_busy_seconds()
     ours_after = process_tree_cpu(all_pids)
@@ -294,8 +357,8 @@ def wrk(url: str, seconds: float, connections: int, extra: list[str], measured: 
         raise RuntimeError(f"wrk failed: {' '.join(cmd)}\n{out}\n{wrk_proc.stderr}")
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = to_ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = to_ms(re.search(r"99%\s+(\S+)", out).group(1))
+    p50 = percentile_ms(out, 50)
+    p99 = percentile_ms(out, 99)
     errors = 0
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:
@@ -305,21 +368,16 @@ def wrk(url: str, seconds: float, connections: int, extra: list[str], measured: 
     cpu = (cpu_after - cpu_before) * 1e6 / requests if measured and requests else None
     # CPU used by processes this script did not start (wrk included in ours via its own time).
     wall = seconds
-    other = (busy_after - busy_before) - (ours_after - ours_before) - wrk_cpu_estimate(wrk_proc)
+    other = (busy_after - busy_before) - (ours_after - ours_before) - wrk_cpu
     return Run(rps, p50, p99, requests, errors, non2xx, cpu, max(0.0, other) / (wall * os.cpu_count()))
 
 
-def wrk_cpu_estimate(_: subprocess.CompletedProcess) -> float:
-    # wrk's own CPU time: children's rusage accumulates across runs, so take the delta.
-    global _WRK_CHILD_CPU
+def children_cpu() -> float:
+    # CPU of reaped children. Taken right around the wrk call, so the delta is wrk's own:
+    # a delta since the previous call also counted the cargo build and every proxy stopped
+    # in between, which hid other processes' load in the first run of each scenario.
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    total = usage.ru_utime + usage.ru_stime
-    delta = total - _WRK_CHILD_CPU
-    _WRK_CHILD_CPU = total
-    return delta
-
-
-_WRK_CHILD_CPU = 0.0
+    return usage.ru_utime + usage.ru_stime
 
 
 # ---------------------------------------------------------------- idle connections
@@ -396,7 +454,7 @@ def main() -> int:
     )
     parser.add_argument("--reload-seconds", type=float, help="scenario 6 duration (default 32, smoke 3)")
     parser.add_argument("--threads", type=int, default=1, help="ficus --threads (default 1, like one nginx worker)")
-    parser.add_argument("--scenarios", default="1,2,3,4,5,6")
+    parser.add_argument("--scenarios", default="1,2,3,4,5,6,7")
     parser.add_argument("--no-build", action="store_true")
     args = parser.parse_args()
     seconds = args.seconds or (2.0 if args.smoke else 10.0)
@@ -423,7 +481,10 @@ def main() -> int:
     backend_bin = ROOT / "target/release/examples/bench_backend"
 
     raise_nofile()
-    busy = sorted({p for p in (*BACKEND_PORTS, *PORTS.values(), FICUS_ADMIN) if port_open(p)})
+    needed = [*BACKEND_PORTS, *PORTS.values(), FICUS_ADMIN]
+    if "7" in scenarios:
+        needed += [*MIRROR_TARGETS.values(), *SHADOW_PORTS.values(), *SHADOW_ADMIN.values()]
+    busy = sorted({p for p in needed if port_open(p)})
     if busy:
         print(f"ports already in use: {busy}; stop whatever listens there first", file=sys.stderr)
         return 2
@@ -435,25 +496,46 @@ def main() -> int:
         for p in BACKEND_PORTS:
             wait_port(p)
 
+        def port_of(name: str) -> int:
+            return PORTS.get(name) or SHADOW_PORTS[name]
+
         def start_target(name: str, scenario: str, routes: int) -> subprocess.Popen | None:
-            port = PORTS[name]
-            if name == "direct":
+            # name: "direct", "nginx", "haproxy", "ficus", or a scenario-7 config such as
+            # "nginx mirror slow" / "ficus shadow fast" (kind, then the mirror target).
+            port = port_of(name)
+            kind = name.split()[0]
+            mirror = name.split()[-1] if name in SHADOW_PORTS else None
+            slug = name.replace(" ", "-")
+            if kind == "direct":
                 return None
-            if name == "nginx":
-                proc = procs.start([binaries["nginx"], "-c", str(nginx_conf(tmp, port, scenario)), "-p", str(tmp)], tmp / "nginx.log")
-            elif name == "haproxy":
+            if kind == "nginx":
+                conf = nginx_conf(tmp, port, scenario, mirror, name)
+                proc = procs.start([binaries["nginx"], "-c", str(conf), "-p", str(tmp)], tmp / f"{slug}.log")
+            elif kind == "haproxy":
                 proc = procs.start([binaries["haproxy"], "-db", "-f", str(haproxy_conf(tmp, port, scenario))], tmp / "haproxy.log")
             else:
-                table = ficus_table(tmp, port, scenario, routes)
+                admin = SHADOW_ADMIN.get(name, FICUS_ADMIN)
+                table = ficus_table(tmp, port, scenario, routes, shadow=mirror, admin=admin, name=name)
                 proc = procs.start(
                     [str(ficus_bin), "--threads", str(args.threads), "serve", "--config", str(table)],
-                    tmp / "ficus.log",
+                    tmp / f"{slug}.log",
                     env={"RUST_LOG": "warn"},
                 )
             wait_port(port)
             return proc
 
-        def scenario_wrk(key: str, scenario: str, routes: int, targets: list[str], path: str, extra: list[str]) -> None:
+        def scenario_wrk(
+            key: str,
+            scenario: str,
+            routes: int,
+            targets: list[str],
+            path: str,
+            extra: list[str],
+            side_pids: tuple[int, ...] = (),
+            after_run=None,
+        ) -> None:
+            """side_pids: other processes of ours in play (counted as ours, not as noise).
+            after_run(target, run): called right after each wrk run."""
             started = {t: start_target(t, scenario, routes) for t in targets}
             series = {t: Series() for t in targets}
             try:
@@ -461,8 +543,10 @@ def main() -> int:
                     for t in targets:
                         proc = started[t]
                         measured = [proc.pid] if proc else [backend.pid]
-                        all_pids = [backend.pid] + [p.pid for p in started.values() if p]
-                        run = wrk(f"http://127.0.0.1:{PORTS[t]}{path}", seconds, args.connections, extra, measured, all_pids)
+                        all_pids = [backend.pid, *side_pids] + [p.pid for p in started.values() if p]
+                        run = wrk(f"http://127.0.0.1:{port_of(t)}{path}", seconds, args.connections, extra, measured, all_pids)
+                        if after_run:
+                            after_run(t, run)
                         series[t].runs.append(run)
                 for t, proc in started.items():
                     series[t].peak_rss_kib = status_kib(proc.pid if proc else backend.pid, "VmHWM")
@@ -539,6 +623,50 @@ def main() -> int:
                 }
             finally:
                 procs.stop(proc)
+        if "7" in scenarios:
+            # Shadowing: the same GET workload through each proxy with mirroring off, to a
+            # fast target and to one that answers after MIRROR_DELAY. The targets are a second
+            # bench_backend process, so mirror traffic does not queue behind the primary's.
+            mirror_backend = procs.start(
+                [str(backend_bin), f"127.0.0.1:{MIRROR_TARGETS['fast']}", f"127.0.0.1:{MIRROR_TARGETS['slow']}@{MIRROR_DELAY}"],
+                tmp / "mirror-backend.log",
+            )
+            try:
+                for p in MIRROR_TARGETS.values():
+                    wait_port(p)
+                configs = []
+                for kind in (*(["nginx"] if "nginx" in peers else []), "ficus"):
+                    verb = "mirror" if kind == "nginx" else "shadow"
+                    configs += [kind, f"{kind} {verb} fast", f"{kind} {verb} slow"]
+                last_counts: dict[str, dict[str, int]] = {}
+
+                def read_shadow(target: str, run: Run) -> None:
+                    if target not in SHADOW_ADMIN:
+                        return
+                    counts = settled_shadow_counts(SHADOW_ADMIN[target])
+                    before = last_counts.get(target, {})
+                    run.shadow = {k: v - before.get(k, 0) for k, v in counts.items()}
+                    last_counts[target] = counts
+
+                scenario_wrk(
+                    SHADOW_KEY,
+                    "plain",
+                    10,
+                    configs,
+                    "/api/orders/7",
+                    [],
+                    side_pids=(mirror_backend.pid,),
+                    after_run=read_shadow,
+                )
+                for target, s in results[SHADOW_KEY].items():
+                    if target in SHADOW_ADMIN:
+                        s.note = shadow_note(s.runs)
+                    elif target in SHADOW_PORTS:
+                        s.note = "mirror target answers after " + MIRROR_DELAY if target.endswith("slow") else ""
+                if "nginx" not in peers:
+                    results[SHADOW_KEY]["ficus"].note = "nginx not installed: no mirror reference"
+            finally:
+                procs.stop(mirror_backend)
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -547,8 +675,46 @@ def main() -> int:
     return 0
 
 
+SHADOW_OUTCOMES = ("match", "mismatch", "error", "timeout", "dropped", "skipped")
+
+
+def shadow_counts(admin: int) -> dict[str, int]:
+    """ficus_shadow_requests_total summed by outcome, from ficus's /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
+    counts: dict[str, int] = {}
+    for m in re.finditer(r"^ficus_shadow_requests_total\{([^}]*)\}\s+(\S+)", text, re.M):
+        outcome = re.search(r'outcome="([^"]*)"', m.group(1))
+        if outcome:
+            counts[outcome.group(1)] = counts.get(outcome.group(1), 0) + int(float(m.group(2)))
+    return counts
+
+
+def settled_shadow_counts(admin: int) -> dict[str, int]:
+    """The counts once shadows still in flight after the run have ended (at most ~5 s)."""
+    counts = shadow_counts(admin)
+    for _ in range(20):
+        time.sleep(0.25)
+        again = shadow_counts(admin)
+        if again == counts:
+            break
+        counts = again
+    return counts
+
+
+def shadow_note(runs: list[Run]) -> str:
+    total: dict[str, int] = {}
+    for run in runs:
+        for k, v in (run.shadow or {}).items():
+            total[k] = total.get(k, 0) + v
+    order = [*SHADOW_OUTCOMES, *sorted(set(total) - set(SHADOW_OUTCOMES))]
+    parts = [f"{k} {total[k]:,}" for k in order if total.get(k)]
+    requests = sum(r.requests for r in runs)
+    return f"shadow outcomes: {', '.join(parts) or 'none'} (of {requests:,} requests)"
+
+
 def med(values: list[float]) -> float:
-    values = [v for v in values if v is not None]
+    # None (no CPU figure) and NaN are left out: one NaN would make the median meaningless.
+    values = [v for v in values if v is not None and v == v]
     return statistics.median(values) if values else float("nan")
 
 
@@ -595,6 +761,24 @@ def report(results: dict[str, dict[str, Series]], seconds: float, repeats: int, 
                     ratios = [f.cpu_us_per_req / p.cpu_us_per_req for f, p in zip(s["ficus"].runs, s[peer].runs)]
                     print(f"Scenario 1 CPU per request, ficus / {peer}: median {med(ratios):.2f}x "
                           f"(per repeat: {', '.join(f'{r:.2f}' for r in ratios)})")
+    if SHADOW_KEY in results:
+        s = results[SHADOW_KEY]
+        print(f"Scenario 7, each config / the same proxy with mirroring off (medians of per-repeat ratios; "
+              f"slow target answers after {MIRROR_DELAY}):")
+        for base, verb in (("ficus", "shadow"), ("nginx", "mirror")):
+            if base not in s:
+                print(f"  {base}: not run")
+                continue
+            for speed in ("fast", "slow"):
+                name = f"{base} {verb} {speed}"
+                rps = [c.rps / b.rps for c, b in zip(s[name].runs, s[base].runs)]
+                p99 = [c.p99_ms / b.p99_ms for c, b in zip(s[name].runs, s[base].runs)]
+                goal = ""
+                if name == "ficus shadow slow":
+                    met = med(rps) >= 0.9 and med(p99) <= 1.2
+                    goal = f"; goal throughput >= 0.90x and p99 <= 1.20x: {'met' if met else 'NOT met'}"
+                print(f"  {name} / {base}: throughput {med(rps):.2f}x, p99 {med(p99):.2f}x "
+                      f"(per repeat: {', '.join(f'{r:.2f}/{q:.2f}' for r, q in zip(rps, p99))}){goal}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,13 @@
 //! body, draining (and counting) request bodies without buffering them.
 //!
 //! `cargo run --release --example bench_backend -- 127.0.0.1:18080 [more addresses...]`
+//!
+//! An address may end in `@DELAY` (`127.0.0.1:18086@200ms`, or `@2s`): requests on that
+//! listener are answered only after sleeping that long, to stand in for a slow service
+//! (scenario 7's slow shadow target). Listeners without a delay take the plain path.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -23,19 +28,52 @@ async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
     Ok(Response::new(Full::new(Bytes::from_static(BODY))))
 }
 
+async fn answer_after(
+    delay: Duration,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    tokio::time::sleep(delay).await;
+    answer(request).await
+}
+
+/// `ADDR` or `ADDR@DELAY`, DELAY being whole milliseconds (`200ms`) or seconds (`2s`).
+fn parse_address(arg: &str) -> std::io::Result<(String, Option<Duration>)> {
+    let Some((address, delay)) = arg.split_once('@') else {
+        return Ok((arg.to_owned(), None));
+    };
+    let invalid = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{arg}: expected ADDR@200ms or ADDR@2s"),
+        )
+    };
+    let delay = if let Some(ms) = delay.strip_suffix("ms") {
+        Duration::from_millis(ms.parse().map_err(|_| invalid())?)
+    } else if let Some(s) = delay.strip_suffix('s') {
+        Duration::from_secs(s.parse().map_err(|_| invalid())?)
+    } else {
+        return Err(invalid());
+    };
+    Ok((address.to_owned(), Some(delay)))
+}
+
 fn main() -> std::io::Result<()> {
-    let addresses: Vec<String> = std::env::args().skip(1).collect();
-    let addresses = if addresses.is_empty() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = if args.is_empty() {
         vec!["127.0.0.1:18080".to_owned()]
     } else {
-        addresses
+        args
     };
+    let listeners = args
+        .iter()
+        .map(|arg| parse_address(arg))
+        .collect::<std::io::Result<Vec<_>>>()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         let mut tasks = Vec::new();
-        for address in addresses {
+        for (address, delay) in listeners {
             let listener = TcpListener::bind(&address).await?;
             tasks.push(tokio::spawn(async move {
                 loop {
@@ -44,9 +82,22 @@ fn main() -> std::io::Result<()> {
                     };
                     let _ = stream.set_nodelay(true);
                     tokio::spawn(async move {
-                        let _ = http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service_fn(answer))
-                            .await;
+                        let io = TokioIo::new(stream);
+                        let _ = match delay {
+                            None => {
+                                http1::Builder::new()
+                                    .serve_connection(io, service_fn(answer))
+                                    .await
+                            }
+                            Some(delay) => {
+                                http1::Builder::new()
+                                    .serve_connection(
+                                        io,
+                                        service_fn(move |request| answer_after(delay, request)),
+                                    )
+                                    .await
+                            }
+                        };
                     });
                 }
             }));
