@@ -788,3 +788,31 @@ async fn primary_streams_to_the_client_while_its_copy_is_kept() {
     // The copy was whole: the shadow's identical body matches.
     assert_eq!(proxy.wait_for_metric(&series("match"), 1.0).await, 1.0);
 }
+
+#[tokio::test]
+async fn large_answers_are_compared_off_the_serving_threads_too() {
+    // 2 x ~88 KB: over the in-place limit, so the blocking pool compares them.
+    let big = |last: &'static str| {
+        move |_: &str| {
+            let items: Vec<String> = (0..4000)
+                .map(|i| format!("{{\"id\": {i}, \"v\": \"x\"}}"))
+                .collect();
+            format!(r#"{{"items": [{}], "last": "{last}"}}"#, items.join(","))
+        }
+    };
+    let legacy = json_backend("legacy", big("a")).await;
+    let new = json_backend("new", big("b")).await;
+    let proxy = TestProxy::start(&shadowed(
+        &legacy,
+        &new,
+        "{ upstream = \"new\", sample = 1.0 }",
+    ))
+    .await;
+    assert!(proxy.get("/api/all").await.body.len() > 80_000);
+    proxy.wait_for_metric(&series("mismatch"), 1.0).await;
+    let report = proxy.admin_get("/shadow/mismatches?route=api").await.body;
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let diff = &report["routes"]["api"]["mismatches"][0]["diff"]["differences"];
+    assert_eq!(diff.as_array().unwrap().len(), 1, "{diff}");
+    assert_eq!(diff[0]["path"], "$.last");
+}

@@ -1,14 +1,14 @@
 //! Shadow traffic: mirror a route's requests to another upstream and compare the answers.
 //!
 //! The primary path only ever does cheap, non-blocking things for a shadow: a random draw,
-//! a `try_acquire` on the route's concurrency limit, a copy of the request head, and bounded
-//! copies of the bodies as they stream past ([`crate::tee`]). Everything else, the shadow's
-//! connection, its answer, the optional second request to the primary upstream that learns
-//! noise, and the comparison, runs in a task of its own that the client never waits for.
-//! The comparison itself runs on the blocking pool, off the reactor.
+//! taking one of the route's shadow slots (never waiting for one), a copy of the request
+//! head, and bounded copies of the bodies as they stream past ([`crate::tee`]). Everything
+//! else, the shadow's connection, its answer, the optional second request to the primary
+//! upstream that learns noise, and the comparison, runs in a task of its own that the
+//! client never waits for. Large answers are compared on the blocking pool, off the reactor.
 //!
 //! Bounds: at most `concurrency` shadow tasks per route (more are `dropped` and counted),
-//! each holding at most three bodies of `max_body` bytes, each finished within the route's
+//! each holding at most four bodies of `max_body` bytes, each finished within the route's
 //! timeout plus the shadow's.
 
 pub mod compare;
@@ -40,6 +40,11 @@ use record::{Mismatch, MismatchLog};
 /// Marks every mirrored request (and every noise probe), so services can tell them apart.
 /// ficus removes it from clients' requests.
 pub use crate::proxy::headers::X_FICUS_SHADOW as SHADOW_HEADER;
+
+/// Answers up to this many bytes in all are compared on the task's own thread; larger
+/// ones on the blocking pool, so a big JSON document never holds up the threads that
+/// serve traffic.
+const INLINE_COMPARE_BYTES: usize = 64 * 1024;
 
 /// Methods safe to send a second time to the primary upstream to learn noise.
 const PROBE_METHODS: [Method; 3] = [Method::GET, Method::HEAD, Method::OPTIONS];
@@ -101,8 +106,8 @@ impl Drop for InFlight {
 #[derive(Debug)]
 pub struct ShadowRegistry {
     routes: Mutex<HashMap<String, Arc<RouteState>>>,
-    /// Comparisons running at once, across routes: each parses up to two bodies of
-    /// `max_body`, so their memory is bounded by this times the largest `max_body`.
+    /// Comparisons on the blocking pool at once, across routes: each parses up to three
+    /// bodies of `max_body`, so their memory is bounded by this times the largest `max_body`.
     comparisons: Arc<Semaphore>,
 }
 
@@ -334,7 +339,9 @@ impl Shadow {
                 primary_body: body_rx,
                 probe,
             };
-            let outcome = match shadow.clone().run(pending).await {
+            // Boxed: the task's own future then holds only what it starts with, so
+            // spawning it copies a few hundred bytes, not the whole exchange's state.
+            let outcome = match Box::pin(shadow.clone().run(pending)).await {
                 Ok(outcome) => outcome,
                 Err(Ended(outcome, why)) => {
                     tracing::debug!(
@@ -422,36 +429,20 @@ impl Shadow {
         let probe = probe
             .and_then(Result::ok)
             .filter(|p| p.status == primary.status && p.status.is_success());
-        let Ok(_turn) = self.comparisons.clone().acquire_owned().await else {
-            return Err(Ended(ShadowOutcome::Error, "comparisons closed"));
-        };
-        let this = self.clone();
-        let compared = tokio::task::spawn_blocking(move || {
-            let (spec, state) = (&this.spec, &this.state);
-            let mut noise = state.noise();
-            if let Some(probe) = &probe {
-                let learned = compare::learn(&spec.compare, observed(&primary), observed(probe));
-                if let Ok(mut shared) = state.noise.lock() {
-                    let added = record::merge_noise(&mut shared, learned);
-                    if !added.is_empty() {
-                        tracing::info!(route = &*this.route, learned = ?added, "shadow noise learned from the primary upstream");
-                    }
-                    noise = shared.clone();
-                }
-            }
-            let redact = |name: &HeaderName| spec.redacts(name);
-            let comparison = compare::compare(
-                &spec.compare,
-                &noise,
-                &redact,
-                observed(&primary),
-                observed(&shadow),
-            );
-            (comparison, primary, shadow)
-        })
-        .await;
-        let Ok((comparison, primary, shadow)) = compared else {
-            return Err(Ended(ShadowOutcome::Error, "comparison failed"));
+        let bytes =
+            primary.body.len() + shadow.body.len() + probe.as_ref().map_or(0, |p| p.body.len());
+        let (comparison, primary, shadow) = if bytes <= INLINE_COMPARE_BYTES {
+            // Small answers (most API responses) compare in microseconds: cheaper here
+            // than a hand-off to another thread and back.
+            self.compare(primary, shadow, probe)
+        } else {
+            let Ok(_turn) = self.comparisons.clone().acquire_owned().await else {
+                return Err(Ended(ShadowOutcome::Error, "comparisons closed"));
+            };
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || this.compare(primary, shadow, probe))
+                .await
+                .map_err(|_| Ended(ShadowOutcome::Error, "comparison failed"))?
         };
         self.metrics
             .paired(primary.latency.as_secs_f64(), shadow.latency.as_secs_f64());
@@ -482,6 +473,36 @@ impl Shadow {
             });
         }
         Ok(ShadowOutcome::Mismatch)
+    }
+
+    /// Learns noise from `probe` (a second answer of the primary upstream), then compares.
+    fn compare(
+        &self,
+        primary: Answer,
+        shadow: Answer,
+        probe: Option<Answer>,
+    ) -> (compare::Comparison, Answer, Answer) {
+        let (spec, state) = (&self.spec, &self.state);
+        let mut noise = state.noise();
+        if let Some(probe) = &probe {
+            let learned = compare::learn(&spec.compare, observed(&primary), observed(probe));
+            if let Ok(mut shared) = state.noise.lock() {
+                let added = record::merge_noise(&mut shared, learned);
+                if !added.is_empty() {
+                    tracing::info!(route = &*self.route, learned = ?added, "shadow noise learned from the primary upstream");
+                }
+                noise = shared.clone();
+            }
+        }
+        let redact = |name: &HeaderName| spec.redacts(name);
+        let comparison = compare::compare(
+            &spec.compare,
+            &noise,
+            &redact,
+            observed(&primary),
+            observed(&shadow),
+        );
+        (comparison, primary, shadow)
     }
 
     /// Sends a copy of the request to `pool` and reads the answer, within `shadow.timeout`.
