@@ -816,3 +816,74 @@ async fn large_answers_are_compared_off_the_serving_threads_too() {
     assert_eq!(diff.as_array().unwrap().len(), 1, "{diff}");
     assert_eq!(diff[0]["path"], "$.last");
 }
+
+#[tokio::test]
+async fn http2_client_requests_are_mirrored_with_their_bodies() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let legacy = Backend::start("legacy").await;
+    let new = Backend::start("new").await;
+    let proxy = TestProxy::start(&shadowed(
+        &legacy,
+        &new,
+        "{ upstream = \"new\", sample = 1.0, methods = [\"POST\"] }",
+    ))
+    .await;
+    let h2: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let request = http::Request::post(proxy.url("/api/orders"))
+        .body(Full::new(bytes::Bytes::from_static(b"h2 order body")))
+        .unwrap();
+    let response = h2.request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"legacy");
+    new.wait_for_arrivals(1).await;
+    proxy.wait_for_metric(&series("mismatch"), 1.0).await;
+    let mirrored = &new.requests()[0];
+    assert_eq!(
+        (mirrored.method.clone(), mirrored.body_len),
+        (Method::POST, 13)
+    );
+}
+
+#[tokio::test]
+async fn chunked_request_body_over_max_body_is_not_mirrored() {
+    let legacy = Backend::start("legacy").await;
+    let new = Backend::start("new").await;
+    let proxy = TestProxy::start(&shadowed(
+        &legacy,
+        &new,
+        "{ upstream = \"new\", sample = 1.0, methods = [\"POST\"], max_body = 8 }",
+    ))
+    .await;
+    let addr: std::net::SocketAddr = proxy.url("").trim_start_matches("http://").parse().unwrap();
+    // No content-length: the limit is only found while the body streams past.
+    let long = support::raw(
+        addr,
+        b"POST /api/upload HTTP/1.1\r\nhost: shop\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+          8\r\n01234567\r\n8\r\n89abcdef\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(long.starts_with("HTTP/1.1 200"), "{long}");
+    assert!(
+        long.contains("x-received-body-bytes: 16"),
+        "the primary gets it whole: {long}"
+    );
+    assert_eq!(proxy.wait_for_metric(&series("skipped"), 1.0).await, 1.0);
+    let short = support::raw(
+        addr,
+        b"POST /api/upload HTTP/1.1\r\nhost: shop\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+          5\r\nshort\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(short.starts_with("HTTP/1.1 200"), "{short}");
+    new.wait_for_arrivals(1).await;
+    proxy.wait_for_metric(&series("mismatch"), 1.0).await;
+    let mirrored = new.requests();
+    assert_eq!(mirrored.len(), 1, "only the short body was mirrored");
+    assert_eq!(mirrored[0].body_len, 5);
+}
