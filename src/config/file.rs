@@ -1,7 +1,7 @@
 //! The raw shape of `routes.toml`, exactly as operators write it.
 //!
 //! Nothing here is validated beyond TOML syntax and key names (`deny_unknown_fields`,
-//! so a typo is an error rather than a silently ignored key). [`super::compile`]
+//! so a typo is an error rather than a silently ignored key). [`super::parse`]
 //! turns these types into a validated [`super::Table`]; only that type reaches the
 //! data path.
 

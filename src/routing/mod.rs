@@ -289,7 +289,7 @@ fn find_prefix(root: &Node, segments: &[&str], method: &Method) -> Option<RouteI
 }
 
 /// Why one route beats another that also matches, or `None` if they would tie.
-/// Used by [`explain`] and by tests that check the trie against a linear scan.
+/// Used by [`crate::explain`] and by tests that check the trie against a linear scan.
 pub fn precedence(a: &RouteSpec, b: &RouteSpec) -> Option<(std::cmp::Ordering, &'static str)> {
     use std::cmp::Ordering::{Greater, Less};
     match (&a.pattern, &b.pattern) {

@@ -4,8 +4,9 @@
 //! sizes and stops soon after [`MAX_DIFFERENCES`] differences.
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use serde_json::{Number, Value};
+use serde_json::Value;
 
+use super::json::{Walk, compact, cut, nesting_within};
 use crate::shadow::jsonpath::{JsonPath, SegRef, render_refs};
 
 /// Which response headers are compared.
@@ -81,9 +82,9 @@ pub enum Difference {
     Header {
         /// The header name, lower case.
         name: String,
-        /// The primary's values, or "[redacted]".
+        /// The primary's values, or `"[redacted]"`.
         primary: Option<String>,
-        /// The shadow's values, or "[redacted]".
+        /// The shadow's values, or `"[redacted]"`.
         shadow: Option<String>,
     },
     /// A JSON value differs, or exists on one side only (None = absent). Values are compact JSON text.
@@ -165,7 +166,7 @@ const NOT_IN_ALL: &[&str] = &[
 
 /// Compares `shadow` against `primary`. `redact(name)` says whether a header's values must never be shown
 /// (the caller always includes authorization, cookie, set-cookie and proxy-authorization plus the route's `redact` list):
-/// a differing redacted header is still reported, with values replaced by "[redacted]".
+/// a differing redacted header is still reported, with values replaced by `"[redacted]"`.
 pub fn compare(
     spec: &CompareSpec,
     noise: &Noise,
@@ -360,36 +361,6 @@ fn declares_json(headers: &HeaderMap) -> bool {
             .is_some_and(|suffix| suffix.eq_ignore_ascii_case(b"+json"))
 }
 
-/// Whether the brackets of a JSON text nest at most `max` deep. Checked before parsing, so a deep
-/// document is never parsed nor walked (the walk recurses once per level).
-fn nesting_within(body: &[u8], max: usize) -> bool {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in body {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > max {
-                    return false;
-                }
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    true
-}
-
 fn compare_bodies(
     spec: &CompareSpec,
     noise: &Noise,
@@ -476,144 +447,6 @@ fn first_differing_line(a: &str, b: &str) -> Difference {
             }
         }
     }
-}
-
-/// Walks two JSON documents side by side, handing each differing location not ignored to `sink`,
-/// which returns false to stop. Recursion depth is bounded by [`MAX_JSON_DEPTH`] (see `classify`).
-struct Walk<'v, 'r, F> {
-    ignore: &'r [&'r JsonPath],
-    path: Vec<SegRef<'v>>,
-    sink: F,
-}
-
-impl<'v, F> Walk<'v, '_, F>
-where
-    F: FnMut(&[SegRef<'v>], Option<&'v Value>, Option<&'v Value>) -> bool,
-{
-    /// False once the sink asked to stop.
-    fn node(&mut self, a: &'v Value, b: &'v Value) -> bool {
-        if self.ignored() {
-            return true;
-        }
-        match (a, b) {
-            (Value::Object(x), Value::Object(y)) => {
-                for (key, av) in x {
-                    if !self.child(SegRef::Key(key), Some(av), y.get(key)) {
-                        return false;
-                    }
-                }
-                for (key, bv) in y {
-                    if !x.contains_key(key) && !self.child(SegRef::Key(key), None, Some(bv)) {
-                        return false;
-                    }
-                }
-                true
-            }
-            (Value::Array(x), Value::Array(y)) => {
-                for index in 0..x.len().max(y.len()) {
-                    if !self.child(SegRef::Index(index), x.get(index), y.get(index)) {
-                        return false;
-                    }
-                }
-                true
-            }
-            _ if same_scalar(a, b) => true,
-            _ => (self.sink)(&self.path, Some(a), Some(b)),
-        }
-    }
-
-    fn child(&mut self, seg: SegRef<'v>, a: Option<&'v Value>, b: Option<&'v Value>) -> bool {
-        self.path.push(seg);
-        let go_on = match (a, b) {
-            (Some(a), Some(b)) => self.node(a, b),
-            _ if self.ignored() => true,
-            _ => (self.sink)(&self.path, a, b),
-        };
-        self.path.pop();
-        go_on
-    }
-
-    fn ignored(&self) -> bool {
-        self.ignore.iter().any(|rule| rule.matches_refs(&self.path))
-    }
-}
-
-/// Equality of two values that are not both objects nor both arrays.
-fn same_scalar(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Null, Value::Null) => true,
-        (Value::Bool(x), Value::Bool(y)) => x == y,
-        (Value::String(x), Value::String(y)) => x == y,
-        (Value::Number(x), Value::Number(y)) => same_number(x, y),
-        _ => false,
-    }
-}
-
-/// Integers exactly, anything else as f64: 1 == 1.0 == 1e0.
-fn same_number(x: &Number, y: &Number) -> bool {
-    let integer = |n: &Number| {
-        n.as_i64()
-            .map(i128::from)
-            .or_else(|| n.as_u64().map(i128::from))
-    };
-    match (integer(x), integer(y)) {
-        (Some(x), Some(y)) => x == y,
-        _ => match (x.as_f64(), y.as_f64()) {
-            (Some(x), Some(y)) => x == y,
-            _ => x == y,
-        },
-    }
-}
-
-/// Compact JSON text, cut; serialization stops once the text is long enough to be cut.
-fn compact(value: &Value) -> String {
-    // Enough bytes for MAX_VALUE_CHARS + 1 chars of any width.
-    let mut writer = Bounded {
-        buf: Vec::new(),
-        limit: 4 * (MAX_VALUE_CHARS + 1),
-    };
-    // An error only means the limit was reached; what was written is kept.
-    let _ = serde_json::to_writer(&mut writer, value);
-    let text = match std::str::from_utf8(&writer.buf) {
-        Ok(text) => text,
-        // Cut inside a char at the limit: keep the valid prefix.
-        Err(e) => std::str::from_utf8(&writer.buf[..e.valid_up_to()]).unwrap_or_default(),
-    };
-    cut(text.to_owned())
-}
-
-struct Bounded {
-    buf: Vec<u8>,
-    limit: usize,
-}
-
-impl std::io::Write for Bounded {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let room = self.limit.saturating_sub(self.buf.len());
-        if room == 0 {
-            return Err(std::io::Error::other("long enough"));
-        }
-        let taken = data.len().min(room);
-        self.buf.extend_from_slice(&data[..taken]);
-        Ok(taken)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Cuts `text` to at most MAX_VALUE_CHARS chars, the last being "…" when cut.
-fn cut(mut text: String) -> String {
-    if let Some((end, _)) = text.char_indices().nth(MAX_VALUE_CHARS) {
-        let keep = text
-            .char_indices()
-            .nth(MAX_VALUE_CHARS - 1)
-            .map_or(end, |(i, _)| i);
-        text.truncate(keep);
-        text.push('…');
-    }
-    text
 }
 
 #[cfg(test)]

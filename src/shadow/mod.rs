@@ -12,6 +12,7 @@
 //! timeout plus the shadow's.
 
 pub mod compare;
+mod json;
 pub mod jsonpath;
 pub mod record;
 
