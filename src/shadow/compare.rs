@@ -148,7 +148,7 @@ pub const MAX_JSON_DEPTH: usize = 64;
 /// Most distinct JSON locations [`learn`] returns from one pair of answers.
 pub const MAX_NOISE_PATHS: usize = 64;
 
-const REDACTED: &str = "[redacted]";
+pub(super) const REDACTED: &str = "[redacted]";
 
 /// Never compared under [`HeaderSelection::All`]: per-connection, framing, or noise by nature.
 const NOT_IN_ALL: &[&str] = &[
@@ -381,16 +381,18 @@ fn compare_bodies(
                 path: Vec::new(),
                 sink: |path: &[SegRef<'_>], a: Option<&Value>, b: Option<&Value>| {
                     // A body that echoes a redacted header (`{"authorization": ...}`)
-                    // must not show it either.
+                    // must not show it either: not at the difference's own path, nor
+                    // anywhere inside a value shown whole.
+                    let secret_key = |key: &str| {
+                        HeaderName::from_bytes(key.as_bytes()).is_ok_and(|name| redact(&name))
+                    };
                     let secret = path.iter().any(|seg| match seg {
-                        SegRef::Key(key) => {
-                            HeaderName::from_bytes(key.as_bytes()).is_ok_and(|name| redact(&name))
-                        }
+                        SegRef::Key(key) => secret_key(key),
                         SegRef::Index(_) => false,
                     });
                     let show = |value: Option<&Value>| match value {
                         Some(_) if secret => Some(REDACTED.to_owned()),
-                        value => value.map(compact),
+                        value => value.map(|v| compact(v, &secret_key)),
                     };
                     out.push(|| Difference::Json {
                         path: cut(render_refs(path)),

@@ -665,3 +665,32 @@ fn learn_respects_the_spec_and_ignores_non_json_bodies() {
     let noise = learn(&CompareSpec::default(), many(1).obs(), many(2).obs());
     assert_eq!(noise.json.len(), MAX_NOISE_PATHS);
 }
+
+#[test]
+fn redacted_keys_are_hidden_inside_values_shown_whole() {
+    let cases = [
+        (
+            r#"{"headers": {"Authorization": "Bearer authsecret", "x": 1}}"#,
+            r#"{}"#,
+        ),
+        (
+            r#"{"headers": {"Authorization": "Bearer authsecret"}}"#,
+            r#"{"headers": null}"#,
+        ),
+        (
+            r#"{"seen": [{"authorization": "Bearer authsecret"}]}"#,
+            r#"{"seen": []}"#,
+        ),
+        (
+            r#"{"authorization": "Bearer authsecret"}"#,
+            r#"{"authorization": "Bearer othersecret"}"#,
+        ),
+    ];
+    for (primary, shadow) in cases {
+        let found = diffs(&Resp::new(primary), &Resp::new(shadow));
+        assert!(!found.is_empty(), "{primary} vs {shadow}");
+        let shown = serde_json::to_string(&found).unwrap();
+        assert!(!shown.contains("secret"), "{primary} vs {shadow}: {shown}");
+        assert!(shown.contains("[redacted]"), "{shown}");
+    }
+}

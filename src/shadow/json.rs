@@ -124,20 +124,60 @@ fn same_number(x: &Number, y: &Number) -> bool {
 }
 
 /// Compact JSON text, cut; serialization stops once the text is long enough to be cut.
-pub(super) fn compact(value: &Value) -> String {
+/// The value of any object key `secret` names, at any depth, is written as `"[redacted]"`.
+pub(super) fn compact(value: &Value, secret: &dyn Fn(&str) -> bool) -> String {
     // Enough bytes for MAX_VALUE_CHARS + 1 chars of any width.
     let mut writer = Bounded {
         buf: Vec::new(),
         limit: 4 * (MAX_VALUE_CHARS + 1),
     };
     // An error only means the limit was reached; what was written is kept.
-    let _ = serde_json::to_writer(&mut writer, value);
+    let _ = write_scrubbed(value, secret, &mut writer);
     let text = match std::str::from_utf8(&writer.buf) {
         Ok(text) => text,
         // Cut inside a char at the limit: keep the valid prefix.
         Err(e) => std::str::from_utf8(&writer.buf[..e.valid_up_to()]).unwrap_or_default(),
     };
     cut(text.to_owned())
+}
+
+/// Writes `value` as compact JSON, redacting the values of secret keys. Recursion is
+/// bounded by [`MAX_JSON_DEPTH`](super::compare::MAX_JSON_DEPTH): deeper documents are never parsed.
+fn write_scrubbed(
+    value: &Value,
+    secret: &dyn Fn(&str) -> bool,
+    out: &mut Bounded,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    match value {
+        Value::Object(map) => {
+            out.write_all(b"{")?;
+            for (i, (key, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                serde_json::to_writer(&mut *out, key)?;
+                out.write_all(b":")?;
+                if secret(key) {
+                    serde_json::to_writer(&mut *out, super::compare::REDACTED)?;
+                } else {
+                    write_scrubbed(item, secret, out)?;
+                }
+            }
+            out.write_all(b"}")
+        }
+        Value::Array(items) => {
+            out.write_all(b"[")?;
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                write_scrubbed(item, secret, out)?;
+            }
+            out.write_all(b"]")
+        }
+        scalar => Ok(serde_json::to_writer(&mut *out, scalar)?),
+    }
 }
 
 struct Bounded {

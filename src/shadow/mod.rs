@@ -8,8 +8,8 @@
 //! client never waits for. Large answers are compared on the blocking pool, off the reactor.
 //!
 //! Bounds: at most `concurrency` shadow tasks per route (more are `dropped` and counted),
-//! each holding at most four bodies of `max_body` bytes, each finished within the route's
-//! timeout plus the shadow's.
+//! each holding at most four bodies of `max_body` bytes, each done with its waits within
+//! the route's timeout plus the shadow's (then at most one comparison).
 
 pub mod compare;
 mod json;
@@ -48,6 +48,12 @@ pub use crate::proxy::headers::X_FICUS_SHADOW as SHADOW_HEADER;
 /// runs at roughly 100 MB/s here, so this keeps an in-place comparison near 0.2 ms at worst.
 const INLINE_COMPARE_WORK: usize = 16 * 1024;
 
+/// Whether a comparison of `bytes` of answers, with `rules` JSON ignore rules, is small
+/// enough to run in place (see [`INLINE_COMPARE_WORK`]).
+fn compare_in_place(bytes: usize, rules: usize) -> bool {
+    bytes.saturating_mul(1 + rules) <= INLINE_COMPARE_WORK
+}
+
 /// Methods safe to send a second time to the primary upstream to learn noise.
 const PROBE_METHODS: [Method; 3] = [Method::GET, Method::HEAD, Method::OPTIONS];
 
@@ -79,11 +85,11 @@ impl RouteState {
 
     /// A slot for one more shadow, unless `limit` are in flight.
     fn try_start(self: &Arc<Self>) -> Option<InFlight> {
-        let before = self.in_flight.fetch_add(1, COUNT);
-        if before >= self.limit.load(COUNT) {
-            self.in_flight.fetch_sub(1, COUNT);
-            return None;
-        }
+        let limit = self.limit.load(COUNT);
+        // Only ever raised below the limit, so a refused attempt never inflates the count.
+        self.in_flight
+            .fetch_update(COUNT, COUNT, |n| (n < limit).then_some(n + 1))
+            .ok()?;
         Some(InFlight(self.clone()))
     }
 
@@ -406,10 +412,10 @@ impl Shadow {
             })
         };
         let primary = tokio::time::timeout_at(deadline, primary);
-        let shadow = self.exchange(&self.target, &head, body.clone());
+        let shadow = self.exchange(&self.target, &head, body.clone(), deadline);
         let probe = async {
             match &probe {
-                Some(pool) => Some(self.exchange(pool, &head, body.clone()).await),
+                Some(pool) => Some(self.exchange(pool, &head, body.clone(), deadline).await),
                 None => None,
             }
         };
@@ -440,20 +446,24 @@ impl Shadow {
             primary.body.len() + shadow.body.len() + probe.as_ref().map_or(0, |p| p.body.len());
         // Every JSON location is checked against every ignore rule, learned ones included.
         let rules = self.spec.compare.ignore_json.len() + self.state.learned_paths();
-        let (comparison, primary, shadow) =
-            if bytes.saturating_mul(1 + rules) <= INLINE_COMPARE_WORK {
-                // Small answers (most API responses) compare in microseconds: cheaper here
-                // than a hand-off to another thread and back.
-                self.compare(primary, shadow, probe)
-            } else {
-                let Ok(_turn) = self.comparisons.clone().acquire_owned().await else {
-                    return Err(Ended(ShadowOutcome::Error, "comparisons closed"));
-                };
-                let this = self.clone();
-                tokio::task::spawn_blocking(move || this.compare(primary, shadow, probe))
-                    .await
-                    .map_err(|_| Ended(ShadowOutcome::Error, "comparison failed"))?
+        let (comparison, primary, shadow) = if compare_in_place(bytes, rules) {
+            // Small answers (most API responses) compare in microseconds: cheaper here
+            // than a hand-off to another thread and back.
+            self.compare(primary, shadow, probe)
+        } else {
+            let turn = tokio::time::timeout_at(deadline, self.comparisons.clone().acquire_owned());
+            let Ok(Ok(turn)) = turn.await else {
+                return Err(skipped("no comparison turn before the deadline"));
             };
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || {
+                // Held by the comparison itself: a cancelled task cannot free it early.
+                let _turn = turn;
+                this.compare(primary, shadow, probe)
+            })
+            .await
+            .map_err(|_| Ended(ShadowOutcome::Error, "comparison failed"))?
+        };
         self.metrics
             .paired(primary.latency.as_secs_f64(), shadow.latency.as_secs_f64());
         if comparison.is_match() {
@@ -515,8 +525,15 @@ impl Shadow {
         (comparison, primary, shadow)
     }
 
-    /// Sends a copy of the request to `pool` and reads the answer, within `shadow.timeout`.
-    async fn exchange(&self, pool: &Upstream, head: &Parts, body: Bytes) -> Result<Answer, Ended> {
+    /// Sends a copy of the request to `pool` and reads the answer, within `shadow.timeout`
+    /// and the shadow's overall `deadline`.
+    async fn exchange(
+        &self,
+        pool: &Upstream,
+        head: &Parts,
+        body: Bytes,
+        deadline: Instant,
+    ) -> Result<Answer, Ended> {
         let request = Request::from_parts(head.clone(), RequestBody::full(body));
         let started = Instant::now();
         let limit = self.spec.max_body;
@@ -549,7 +566,7 @@ impl Shadow {
                 latency,
             })
         };
-        tokio::time::timeout(self.spec.timeout, exchange)
+        tokio::time::timeout_at(deadline.min(started + self.spec.timeout), exchange)
             .await
             .unwrap_or(Err(Ended(ShadowOutcome::Timeout, "shadow timed out")))
     }
@@ -582,4 +599,37 @@ fn declared_length(request: &Request<RequestBody>) -> Option<u64> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_small_comparisons_run_in_place() {
+        assert!(compare_in_place(2_000, 0));
+        assert!(compare_in_place(INLINE_COMPARE_WORK, 0));
+        assert!(!compare_in_place(INLINE_COMPARE_WORK + 1, 0));
+        // Rules multiply the work: every location is checked against each.
+        assert!(compare_in_place(2_000, 7));
+        assert!(!compare_in_place(2_000, 8));
+        assert!(!compare_in_place(usize::MAX, 0));
+    }
+
+    #[test]
+    fn a_refused_start_never_counts_and_a_finished_one_frees_its_slot() {
+        let state = Arc::new(RouteState::new(2));
+        let first = state.try_start().expect("slot 1");
+        let second = state.try_start().expect("slot 2");
+        assert!(state.try_start().is_none());
+        assert_eq!(state.in_flight.load(COUNT), 2);
+        drop(first);
+        assert!(
+            state.try_start().is_some(),
+            "freed, and dropped again at once"
+        );
+        assert_eq!(state.in_flight.load(COUNT), 1);
+        drop(second);
+        assert_eq!(state.in_flight.load(COUNT), 0);
+    }
 }
