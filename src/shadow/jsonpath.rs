@@ -166,9 +166,22 @@ impl JsonPath {
                     .zip(path)
                     .all(|(step, seg)| step.select.accepts(seg.view()));
         }
-        // reach[j]: the steps taken so far match exactly path[..j].
-        let mut reach = vec![false; path.len() + 1];
-        let mut next = vec![false; path.len() + 1];
+        // reach[j]: the steps taken so far match exactly path[..j]. On the stack for the
+        // depths a comparison walks (documents nest at most MAX_JSON_DEPTH): this runs for
+        // every location of a document, once per `..` rule.
+        const ON_STACK: usize = 80;
+        let (mut reach_stack, mut next_stack) = ([false; ON_STACK], [false; ON_STACK]);
+        let (mut reach_heap, mut next_heap);
+        let (mut reach, mut next): (&mut [bool], &mut [bool]) = if path.len() < ON_STACK {
+            (
+                &mut reach_stack[..=path.len()],
+                &mut next_stack[..=path.len()],
+            )
+        } else {
+            reach_heap = vec![false; path.len() + 1];
+            next_heap = vec![false; path.len() + 1];
+            (&mut reach_heap, &mut next_heap)
+        };
         reach[0] = true;
         for step in &self.steps {
             next.fill(false);
