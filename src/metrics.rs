@@ -9,9 +9,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-// Memory ordering of the `retired` flags: `Relaxed`; they publish no other data. Records
-// that start after `retire` are dropped. One racing with it on another thread can still
-// re-create a series, a window of a few instructions once per removed pair.
+// The `retired` flags: records that start after `retire` are dropped (a `Relaxed` check,
+// as they publish no other data). A record racing with `retire` on another thread may
+// create a series just as it is removed: whoever creates a series checks the flag again
+// (`SeqCst`, as `retire` stores it), and removes the pair's series if it was set meanwhile.
 
 use http::StatusCode;
 use prometheus::{
@@ -274,9 +275,11 @@ impl BackendMetrics {
         if inner.retired.load(Ordering::Relaxed) {
             return;
         }
+        let mut created = false;
         inner
             .duration
             .get_or_init(|| {
+                created = true;
                 inner
                     .families
                     .duration
@@ -285,15 +288,24 @@ impl BackendMetrics {
             .observe(seconds);
         let code = status.as_u16();
         match COMMON_CODES.iter().position(|&c| c == code) {
-            Some(i) => inner.codes[i].get_or_init(|| self.counter(status)).inc(),
+            Some(i) => inner.codes[i]
+                .get_or_init(|| {
+                    created = true;
+                    self.counter(status)
+                })
+                .inc(),
             None => {
                 if let Ok(mut seen) = inner.rare_codes.lock()
                     && !seen.contains(&code)
                 {
                     seen.push(code);
                 }
+                created = true;
                 self.counter(status).inc()
             }
+        }
+        if created && inner.retired.load(Ordering::SeqCst) {
+            self.retire();
         }
     }
 
@@ -301,7 +313,7 @@ impl BackendMetrics {
     /// drops the pair, so the exported series stay bounded by the live table.
     pub fn retire(&self) {
         let inner = &*self.0;
-        inner.retired.store(true, Ordering::Relaxed);
+        inner.retired.store(true, Ordering::SeqCst);
         let (route, upstream) = (&*inner.route, &*inner.upstream);
         let families = &inner.families;
         let _ = families.duration.remove_label_values(&[route, upstream]);
@@ -351,8 +363,10 @@ impl BackendMetrics {
             .position(|&k| k == kind)
             .unwrap_or(0);
         let inner = &*self.0;
+        let mut created = false;
         inner.errors[index]
             .get_or_init(|| {
+                created = true;
                 inner.families.upstream_errors.with_label_values(&[
                     &*inner.route,
                     &*inner.upstream,
@@ -360,6 +374,9 @@ impl BackendMetrics {
                 ])
             })
             .inc();
+        if created && inner.retired.load(Ordering::SeqCst) {
+            self.retire();
+        }
     }
 }
 
@@ -399,8 +416,10 @@ impl ShadowMetrics {
             .iter()
             .position(|&o| o == outcome)
             .unwrap_or(0);
+        let mut created = false;
         inner.outcomes[index]
             .get_or_init(|| {
+                created = true;
                 inner.families.shadow_requests.with_label_values(&[
                     &*inner.route,
                     &*inner.upstream,
@@ -408,6 +427,9 @@ impl ShadowMetrics {
                 ])
             })
             .inc();
+        if created && inner.retired.load(Ordering::SeqCst) {
+            self.retire();
+        }
     }
 
     /// Records both sides' latency for one compared request.
@@ -416,6 +438,7 @@ impl ShadowMetrics {
         if inner.retired.load(Ordering::Relaxed) {
             return;
         }
+        let mut created = false;
         for ((slot, side), seconds) in inner
             .sides
             .iter()
@@ -423,6 +446,7 @@ impl ShadowMetrics {
             .zip([primary_seconds, shadow_seconds])
         {
             slot.get_or_init(|| {
+                created = true;
                 inner.families.shadow_duration.with_label_values(&[
                     &*inner.route,
                     &*inner.upstream,
@@ -431,12 +455,15 @@ impl ShadowMetrics {
             })
             .observe(seconds);
         }
+        if created && inner.retired.load(Ordering::SeqCst) {
+            self.retire();
+        }
     }
 
     /// Removes this pair's series (the route or its shadow left the table).
     pub fn retire(&self) {
         let inner = &*self.0;
-        inner.retired.store(true, Ordering::Relaxed);
+        inner.retired.store(true, Ordering::SeqCst);
         let (route, upstream) = (&*inner.route, &*inner.upstream);
         for outcome in ShadowOutcome::ALL {
             let _ = inner.families.shadow_requests.remove_label_values(&[
