@@ -218,17 +218,16 @@ pub fn learn(spec: &CompareSpec, first: Observed<'_>, second: Observed<'_>) -> N
         && let (Kind::Json(a), Kind::Json(b)) = (classify(&first), classify(&second))
     {
         let ignore: Vec<&JsonPath> = spec.ignore_json.iter().collect();
-        let mut walk = Walk {
-            ignore: &ignore,
-            path: Vec::new(),
-            sink: |path: &[SegRef<'_>], _: Option<&Value>, _: Option<&Value>| {
+        let mut walk = Walk::new(
+            &ignore,
+            |path: &[SegRef<'_>], _: Option<&Value>, _: Option<&Value>| {
                 let learned = JsonPath::generalize_refs(path);
                 if !json.contains(&learned) {
                     json.push(learned);
                 }
                 json.len() < MAX_NOISE_PATHS
             },
-        };
+        );
         walk.node(&a, &b);
     }
     Noise { headers, json }
@@ -376,10 +375,9 @@ fn compare_bodies(
     match (&p, &s) {
         (Kind::Json(a), Kind::Json(b)) => {
             let ignore: Vec<&JsonPath> = spec.ignore_json.iter().chain(&noise.json).collect();
-            let mut walk = Walk {
-                ignore: &ignore,
-                path: Vec::new(),
-                sink: |path: &[SegRef<'_>], a: Option<&Value>, b: Option<&Value>| {
+            let mut walk = Walk::new(
+                &ignore,
+                |path: &[SegRef<'_>], a: Option<&Value>, b: Option<&Value>| {
                     // A body that echoes a redacted header (`{"authorization": ...}`)
                     // must not show it either: not at the difference's own path, nor
                     // anywhere inside a value shown whole.
@@ -400,7 +398,7 @@ fn compare_bodies(
                         shadow: show(b),
                     })
                 },
-            };
+            );
             walk.node(a, b);
         }
         (Kind::Json(_), _) | (_, Kind::Json(_)) => {

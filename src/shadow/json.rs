@@ -38,16 +38,34 @@ pub(super) fn nesting_within(body: &[u8], max: usize) -> bool {
 
 /// Walks two JSON documents side by side, handing each differing location not ignored to `sink`,
 /// which returns false to stop. Recursion depth is bounded by [`MAX_JSON_DEPTH`](super::compare::MAX_JSON_DEPTH) (see `classify`).
+///
+/// Ignore rules are followed as the walk goes down: a rule without `..` whose steps stopped
+/// matching the path is not looked at again below that point, so a document costs about
+/// (locations × rules still matching) rather than (locations × all rules).
 pub(super) struct Walk<'v, 'r, F> {
-    pub(super) ignore: &'r [&'r JsonPath],
-    pub(super) path: Vec<SegRef<'v>>,
-    pub(super) sink: F,
+    ignore: &'r [&'r JsonPath],
+    path: Vec<SegRef<'v>>,
+    /// Indices into `ignore` of the rules still matching the path, one run per depth:
+    /// `live[starts[d]..starts[d + 1]]` (the last run ends at `live.len()`).
+    live: Vec<usize>,
+    starts: Vec<usize>,
+    sink: F,
 }
 
-impl<'v, F> Walk<'v, '_, F>
+impl<'v, 'r, F> Walk<'v, 'r, F>
 where
     F: FnMut(&[SegRef<'v>], Option<&'v Value>, Option<&'v Value>) -> bool,
 {
+    pub(super) fn new(ignore: &'r [&'r JsonPath], sink: F) -> Self {
+        Walk {
+            ignore,
+            path: Vec::new(),
+            live: (0..ignore.len()).collect(),
+            starts: vec![0],
+            sink,
+        }
+    }
+
     /// False once the sink asked to stop.
     pub(super) fn node(&mut self, a: &'v Value, b: &'v Value) -> bool {
         if self.ignored() {
@@ -81,18 +99,52 @@ where
     }
 
     fn child(&mut self, seg: SegRef<'v>, a: Option<&'v Value>, b: Option<&'v Value>) -> bool {
-        self.path.push(seg);
+        self.descend(seg);
         let go_on = match (a, b) {
             (Some(a), Some(b)) => self.node(a, b),
             _ if self.ignored() => true,
             _ => (self.sink)(&self.path, a, b),
         };
-        self.path.pop();
+        self.ascend();
         go_on
     }
 
+    /// Steps into `seg`, keeping the rules that still match.
+    fn descend(&mut self, seg: SegRef<'v>) {
+        let depth = self.path.len();
+        let (from, to) = (self.starts[depth], self.live.len());
+        self.starts.push(to);
+        for i in from..to {
+            let index = self.live[i];
+            let rule = self.ignore[index];
+            // Rules with `..` stay (matched in full by `ignored`); a rule already matched
+            // by a prefix of the path never gets here (the walk stopped above).
+            if rule.has_descendant() || rule.step_accepts(depth, seg) {
+                self.live.push(index);
+            }
+        }
+        self.path.push(seg);
+    }
+
+    fn ascend(&mut self) {
+        self.path.pop();
+        if let Some(start) = self.starts.pop() {
+            self.live.truncate(start);
+        }
+    }
+
     fn ignored(&self) -> bool {
-        self.ignore.iter().any(|rule| rule.matches_refs(&self.path))
+        let depth = self.path.len();
+        let from = self.starts[depth];
+        self.live[from..].iter().any(|&index| {
+            let rule = self.ignore[index];
+            if rule.has_descendant() {
+                rule.matches_refs(&self.path)
+            } else {
+                // Every step so far accepted the path: a match once all steps are used.
+                rule.len() <= depth
+            }
+        })
     }
 }
 

@@ -156,6 +156,29 @@ impl JsonPath {
         JsonPath { steps }
     }
 
+    /// Whether the pattern has a `..` step (then only [`JsonPath::matches_refs`] can tell).
+    pub fn has_descendant(&self) -> bool {
+        self.steps.iter().any(|step| step.descendant)
+    }
+
+    /// For a pattern without `..`: its number of steps (it matches a location when its
+    /// steps accept the location's first that many segments).
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Whether the pattern is `$` alone, which matches every location.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// For a pattern without `..`: whether step `index` accepts `seg` (false past the end).
+    pub fn step_accepts(&self, index: usize, seg: SegRef<'_>) -> bool {
+        self.steps
+            .get(index)
+            .is_some_and(|step| step.select.accepts(seg))
+    }
+
     /// Bounded: O(steps × segments) time, no backtracking.
     fn matches_path<T: PathSeg>(&self, path: &[T]) -> bool {
         if !self.steps.iter().any(|step| step.descendant) {
