@@ -284,11 +284,6 @@ impl Shadow {
         }
     }
 
-    /// The settings.
-    pub fn spec(&self) -> &ShadowSpec {
-        &self.spec
-    }
-
     /// The metric handles (for retiring them).
     pub fn metrics(&self) -> &ShadowMetrics {
         &self.metrics
@@ -445,7 +440,7 @@ impl Shadow {
             .filter(|p| p.status == primary.status && p.status.is_success());
         let bytes =
             primary.body.len() + shadow.body.len() + probe.as_ref().map_or(0, |p| p.body.len());
-        // Every JSON location is checked against every ignore rule, learned ones included.
+        // The walk costs more with every JSON ignore rule, learned ones included.
         let rules = self.spec.compare.ignore_json.len() + self.state.learned_paths();
         let (comparison, primary, shadow) = if compare_in_place(bytes, rules) {
             // Small answers (most API responses) compare in microseconds: cheaper here
