@@ -43,6 +43,14 @@ fn shadowed(legacy: &Backend, new: &Backend, shadow: &str) -> String {
     )
 }
 
+/// Name-answering `legacy` and `new` backends, and ficus with the `api` route shadowed so.
+async fn start_shadowed(shadow: &str) -> (Backend, Backend, TestProxy) {
+    let legacy = Backend::start("legacy").await;
+    let new = Backend::start("new").await;
+    let proxy = TestProxy::start(&shadowed(&legacy, &new, shadow)).await;
+    (legacy, new, proxy)
+}
+
 fn series(outcome: &str) -> String {
     format!("ficus_shadow_requests_total{{outcome=\"{outcome}\",route=\"api\",upstream=\"new\"}}")
 }
@@ -96,36 +104,30 @@ async fn shadow_gets_a_marked_copy_and_the_client_gets_the_primary() {
 
 #[tokio::test]
 async fn mismatch_is_recorded_with_a_readable_diff_and_no_secrets() {
-    let legacy = Backend::with(
-        "legacy",
-        responder(|_| {
-            (
-                StatusCode::OK,
-                vec![
-                    ("content-type".into(), "application/json".into()),
-                    ("set-cookie".into(), "session=legacysecret".into()),
-                    ("x-trace".into(), "tracesecret-1".into()),
-                ],
-                r#"{"id": 7, "name": "old", "meta": {"took_ms": 3}, "echo": {"X-Trace": "tracesecret-3"}}"#.into(),
-            )
-        }),
-    )
-    .await;
-    let new = Backend::with(
-        "new",
-        responder(|_| {
-            (
-                StatusCode::ACCEPTED,
-                vec![
-                    ("content-type".into(), "application/json".into()),
-                    ("set-cookie".into(), "session=newsecret".into()),
-                    ("x-trace".into(), "tracesecret-2".into()),
-                ],
-                r#"{"id": 7, "name": "new", "meta": {"took_ms": 9}, "echo": {"X-Trace": "tracesecret-4"}}"#.into(),
-            )
-        }),
-    )
-    .await;
+    // Each side answers JSON with its own secrets in a cookie, a redacted header and a
+    // body field named like that header.
+    let secretive = |name: &'static str, status: StatusCode, side: &'static str, n: u8| {
+        Backend::with(
+            name,
+            responder(move |_| {
+                (
+                    status,
+                    vec![
+                        ("content-type".into(), "application/json".into()),
+                        ("set-cookie".into(), format!("session={side}secret")),
+                        ("x-trace".into(), format!("tracesecret-{n}")),
+                    ],
+                    format!(
+                        r#"{{"id": 7, "name": "{}", "meta": {{"took_ms": {n}}}, "echo": {{"X-Trace": "tracesecret-{}"}}}}"#,
+                        if side == "legacy" { "old" } else { "new" },
+                        n + 2
+                    ),
+                )
+            }),
+        )
+    };
+    let legacy = secretive("legacy", StatusCode::OK, "legacy", 1).await;
+    let new = secretive("new", StatusCode::ACCEPTED, "new", 2).await;
     let proxy = TestProxy::start(&shadowed(
         &legacy,
         &new,
@@ -405,14 +407,9 @@ async fn writes_are_mirrored_only_when_listed() {
 
 #[tokio::test]
 async fn request_body_over_max_body_is_not_mirrored() {
-    let legacy = Backend::start("legacy").await;
-    let new = Backend::start("new").await;
-    let proxy = TestProxy::start(&shadowed(
-        &legacy,
-        &new,
-        "{ upstream = \"new\", sample = 1.0, methods = [\"POST\"], max_body = 8 }",
-    ))
-    .await;
+    let (_legacy, new, proxy) =
+        start_shadowed("{ upstream = \"new\", sample = 1.0, methods = [\"POST\"], max_body = 8 }")
+            .await;
     let answer = proxy
         .send(
             Method::POST,
@@ -849,14 +846,8 @@ async fn http2_client_requests_are_mirrored_with_their_bodies() {
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
 
-    let legacy = Backend::start("legacy").await;
-    let new = Backend::start("new").await;
-    let proxy = TestProxy::start(&shadowed(
-        &legacy,
-        &new,
-        "{ upstream = \"new\", sample = 1.0, methods = [\"POST\"] }",
-    ))
-    .await;
+    let (_legacy, new, proxy) =
+        start_shadowed("{ upstream = \"new\", sample = 1.0, methods = [\"POST\"] }").await;
     let h2: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http();
@@ -878,14 +869,9 @@ async fn http2_client_requests_are_mirrored_with_their_bodies() {
 
 #[tokio::test]
 async fn chunked_request_body_over_max_body_is_not_mirrored() {
-    let legacy = Backend::start("legacy").await;
-    let new = Backend::start("new").await;
-    let proxy = TestProxy::start(&shadowed(
-        &legacy,
-        &new,
-        "{ upstream = \"new\", sample = 1.0, methods = [\"POST\"], max_body = 8 }",
-    ))
-    .await;
+    let (_legacy, new, proxy) =
+        start_shadowed("{ upstream = \"new\", sample = 1.0, methods = [\"POST\"], max_body = 8 }")
+            .await;
     let addr: std::net::SocketAddr = proxy.url("").trim_start_matches("http://").parse().unwrap();
     // No content-length: the limit is only found while the body streams past.
     let long = support::raw(

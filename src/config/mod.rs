@@ -601,15 +601,7 @@ impl Compiler {
             }
             Some(list) => Some(
                 list.iter()
-                    .filter_map(
-                        |m| match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
-                            Ok(method) => Some(method),
-                            Err(_) => {
-                                fail(self, format!("\"{m}\" is not an HTTP method"));
-                                None
-                            }
-                        },
-                    )
+                    .filter_map(|m| parse_method(m).map_err(|e| fail(self, e)).ok())
                     .collect(),
             ),
         };
@@ -731,6 +723,12 @@ impl Compiler {
             }
         }
     }
+}
+
+/// An HTTP method as the table spells it (any case).
+fn parse_method(text: &str) -> Result<Method, String> {
+    Method::from_bytes(text.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("\"{text}\" is not an HTTP method"))
 }
 
 fn unknown_upstream(key: &str, name: &str, known: &[&str]) -> String {

@@ -6,7 +6,7 @@ use http::{HeaderName, Method};
 use toml::Spanned;
 
 use super::file::{FileCompare, FileIgnore, FileShadow};
-use super::{Compiler, defaults, unknown_upstream};
+use super::{Compiler, defaults, parse_method, unknown_upstream};
 use crate::shadow::compare::{CompareSpec, HeaderSelection};
 use crate::shadow::jsonpath::JsonPath;
 
@@ -99,15 +99,11 @@ impl Compiler {
             }
             Some(list) => list
                 .iter()
-                .filter_map(
-                    |m| match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
-                        Ok(method) => Some(method),
-                        Err(_) => {
-                            fail(self, format!("methods: \"{m}\" is not an HTTP method"));
-                            None
-                        }
-                    },
-                )
+                .filter_map(|m| {
+                    parse_method(m)
+                        .map_err(|e| fail(self, format!("methods: {e}")))
+                        .ok()
+                })
                 .collect(),
         };
         let max_body = s.max_body.unwrap_or(defaults::SHADOW_MAX_BODY as u64);
