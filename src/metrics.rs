@@ -132,45 +132,34 @@ pub struct Metrics {
 impl Metrics {
     /// Creates every family and registers it in `registry`.
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let requests = IntCounterVec::new(
-            Opts::new(
-                REQUESTS_TOTAL,
-                "Requests answered, by route, upstream and status code.",
-            ),
+        let requests = counters(
+            REQUESTS_TOTAL,
+            "Requests answered, by route, upstream and status code.",
             &["route", "upstream", "code"],
         )?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                REQUEST_DURATION,
-                "Time from receiving a request to sending the response headers, by route and upstream.",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
+        let duration = histograms(
+            REQUEST_DURATION,
+            "Time from receiving a request to sending the response headers, by route and upstream.",
             &["route", "upstream"],
         )?;
-        let upstream_errors = IntCounterVec::new(
-            Opts::new(
-                UPSTREAM_ERRORS_TOTAL,
-                "Failed upstream requests, by route, upstream and kind.",
-            ),
+        let upstream_errors = counters(
+            UPSTREAM_ERRORS_TOTAL,
+            "Failed upstream requests, by route, upstream and kind.",
             &["route", "upstream", "kind"],
         )?;
-        let shadow_requests = IntCounterVec::new(
-            Opts::new(
-                SHADOW_REQUESTS_TOTAL,
-                "Requests chosen for shadowing, by route, shadow upstream and outcome.",
-            ),
+        let shadow_requests = counters(
+            SHADOW_REQUESTS_TOTAL,
+            "Requests chosen for shadowing, by route, shadow upstream and outcome.",
             &["route", "upstream", "outcome"],
         )?;
-        let shadow_duration = HistogramVec::new(
-            HistogramOpts::new(
-                SHADOW_DURATION,
-                "Time to response headers of both sides of every compared shadow pair, by route, shadow upstream and side (primary, shadow).",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
+        let shadow_duration = histograms(
+            SHADOW_DURATION,
+            "Time to response headers of both sides of every compared shadow pair, by route, shadow upstream and side (primary, shadow).",
             &["route", "upstream", "side"],
         )?;
-        let reloads = IntCounterVec::new(
-            Opts::new(CONFIG_RELOADS_TOTAL, "Route table reloads, by result."),
+        let reloads = counters(
+            CONFIG_RELOADS_TOTAL,
+            "Route table reloads, by result.",
             &["result"],
         )?;
         let generation = IntGauge::new(CONFIG_GENERATION, "Generation of the route table in use.")?;
@@ -198,7 +187,7 @@ impl Metrics {
     /// Shadow handles for one route and its shadow upstream; series are created on first use.
     pub fn shadow(&self, route: &str, upstream: &str) -> ShadowMetrics {
         ShadowMetrics(Arc::new(ShadowInner {
-            retired: AtomicBool::new(false),
+            retired: Retirement::default(),
             outcomes: Default::default(),
             sides: Default::default(),
             families: self.clone(),
@@ -211,7 +200,7 @@ impl Metrics {
     /// 10,000-route table costs no memory (and no `/metrics` lines) for idle routes.
     pub fn backend(&self, route: &str, upstream: &str) -> BackendMetrics {
         BackendMetrics(Arc::new(BackendInner {
-            retired: AtomicBool::new(false),
+            retired: Retirement::default(),
             duration: OnceLock::new(),
             errors: Default::default(),
             codes: Default::default(),
@@ -236,6 +225,47 @@ impl Metrics {
     }
 }
 
+fn counters(name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
+    IntCounterVec::new(Opts::new(name, help), labels)
+}
+
+/// Histograms share [`DURATION_BUCKETS`], so quantiles compare across families.
+fn histograms(name: &str, help: &str, labels: &[&str]) -> Result<HistogramVec, prometheus::Error> {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec()),
+        labels,
+    )
+}
+
+/// Whether a pair's series were removed by a reload, and the rule for creating series
+/// lazily around that (see the comment on memory ordering at the top).
+#[derive(Default)]
+struct Retirement(AtomicBool);
+
+impl Retirement {
+    /// Records that start after `mark` are dropped.
+    fn is_retired(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn mark(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// The series in `cell`, made on first use; `created` notes that it was made now.
+    fn series<'a, T>(cell: &'a OnceLock<T>, created: &mut bool, make: impl FnOnce() -> T) -> &'a T {
+        cell.get_or_init(|| {
+            *created = true;
+            make()
+        })
+    }
+
+    /// After a record: whether it created a series a concurrent `retire` may have missed.
+    fn raced(&self, created: bool) -> bool {
+        created && self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// Status codes whose counters are cached per pair; others take a label lookup.
 const COMMON_CODES: [u16; 24] = [
     200, 201, 202, 204, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409, 413, 414, 422,
@@ -245,7 +275,7 @@ const COMMON_CODES: [u16; 24] = [
 struct BackendInner {
     /// Set by `retire`: requests still in flight on a removed route are not recorded,
     /// so they cannot re-create the removed series.
-    retired: AtomicBool,
+    retired: Retirement,
     duration: OnceLock<Histogram>,
     errors: [OnceLock<IntCounter>; 4],
     /// Created on first use so that codes never seen add no series.
@@ -272,28 +302,22 @@ impl BackendMetrics {
     /// Records one answered request.
     pub fn record(&self, status: StatusCode, seconds: f64) {
         let inner = &*self.0;
-        if inner.retired.load(Ordering::Relaxed) {
+        if inner.retired.is_retired() {
             return;
         }
         let mut created = false;
-        inner
-            .duration
-            .get_or_init(|| {
-                created = true;
-                inner
-                    .families
-                    .duration
-                    .with_label_values(&[&*inner.route, &*inner.upstream])
-            })
-            .observe(seconds);
+        Retirement::series(&inner.duration, &mut created, || {
+            inner
+                .families
+                .duration
+                .with_label_values(&[&*inner.route, &*inner.upstream])
+        })
+        .observe(seconds);
         let code = status.as_u16();
         match COMMON_CODES.iter().position(|&c| c == code) {
-            Some(i) => inner.codes[i]
-                .get_or_init(|| {
-                    created = true;
-                    self.counter(status)
-                })
-                .inc(),
+            Some(i) => {
+                Retirement::series(&inner.codes[i], &mut created, || self.counter(status)).inc()
+            }
             None => {
                 if let Ok(mut seen) = inner.rare_codes.lock()
                     && !seen.contains(&code)
@@ -304,7 +328,7 @@ impl BackendMetrics {
                 self.counter(status).inc()
             }
         }
-        if created && inner.retired.load(Ordering::SeqCst) {
+        if inner.retired.raced(created) {
             self.retire();
         }
     }
@@ -313,7 +337,7 @@ impl BackendMetrics {
     /// drops the pair, so the exported series stay bounded by the live table.
     pub fn retire(&self) {
         let inner = &*self.0;
-        inner.retired.store(true, Ordering::SeqCst);
+        inner.retired.mark();
         let (route, upstream) = (&*inner.route, &*inner.upstream);
         let families = &inner.families;
         let _ = families.duration.remove_label_values(&[route, upstream]);
@@ -355,7 +379,7 @@ impl BackendMetrics {
 
     /// Counts an upstream failure.
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
-        if self.0.retired.load(Ordering::Relaxed) {
+        if self.0.retired.is_retired() {
             return;
         }
         let index = UpstreamErrorKind::ALL
@@ -364,17 +388,15 @@ impl BackendMetrics {
             .unwrap_or(0);
         let inner = &*self.0;
         let mut created = false;
-        inner.errors[index]
-            .get_or_init(|| {
-                created = true;
-                inner.families.upstream_errors.with_label_values(&[
-                    &*inner.route,
-                    &*inner.upstream,
-                    kind.as_str(),
-                ])
-            })
-            .inc();
-        if created && inner.retired.load(Ordering::SeqCst) {
+        Retirement::series(&inner.errors[index], &mut created, || {
+            inner.families.upstream_errors.with_label_values(&[
+                &*inner.route,
+                &*inner.upstream,
+                kind.as_str(),
+            ])
+        })
+        .inc();
+        if inner.retired.raced(created) {
             self.retire();
         }
     }
@@ -383,7 +405,7 @@ impl BackendMetrics {
 struct ShadowInner {
     /// Set by `retire`: later records (from shadows still in flight) are dropped
     /// instead of re-creating the removed series.
-    retired: AtomicBool,
+    retired: Retirement,
     outcomes: [OnceLock<IntCounter>; ShadowOutcome::ALL.len()],
     /// `side="primary"`, then `side="shadow"`.
     sides: [OnceLock<Histogram>; 2],
@@ -409,7 +431,7 @@ impl ShadowMetrics {
     /// Counts one shadow outcome.
     pub fn outcome(&self, outcome: ShadowOutcome) {
         let inner = &*self.0;
-        if inner.retired.load(Ordering::Relaxed) {
+        if inner.retired.is_retired() {
             return;
         }
         let index = ShadowOutcome::ALL
@@ -417,17 +439,15 @@ impl ShadowMetrics {
             .position(|&o| o == outcome)
             .unwrap_or(0);
         let mut created = false;
-        inner.outcomes[index]
-            .get_or_init(|| {
-                created = true;
-                inner.families.shadow_requests.with_label_values(&[
-                    &*inner.route,
-                    &*inner.upstream,
-                    outcome.as_str(),
-                ])
-            })
-            .inc();
-        if created && inner.retired.load(Ordering::SeqCst) {
+        Retirement::series(&inner.outcomes[index], &mut created, || {
+            inner.families.shadow_requests.with_label_values(&[
+                &*inner.route,
+                &*inner.upstream,
+                outcome.as_str(),
+            ])
+        })
+        .inc();
+        if inner.retired.raced(created) {
             self.retire();
         }
     }
@@ -435,7 +455,7 @@ impl ShadowMetrics {
     /// Records both sides' latency for one compared request.
     pub fn paired(&self, primary_seconds: f64, shadow_seconds: f64) {
         let inner = &*self.0;
-        if inner.retired.load(Ordering::Relaxed) {
+        if inner.retired.is_retired() {
             return;
         }
         let mut created = false;
@@ -445,8 +465,7 @@ impl ShadowMetrics {
             .zip(SIDES)
             .zip([primary_seconds, shadow_seconds])
         {
-            slot.get_or_init(|| {
-                created = true;
+            Retirement::series(slot, &mut created, || {
                 inner.families.shadow_duration.with_label_values(&[
                     &*inner.route,
                     &*inner.upstream,
@@ -455,7 +474,7 @@ impl ShadowMetrics {
             })
             .observe(seconds);
         }
-        if created && inner.retired.load(Ordering::SeqCst) {
+        if inner.retired.raced(created) {
             self.retire();
         }
     }
@@ -463,7 +482,7 @@ impl ShadowMetrics {
     /// Removes this pair's series (the route or its shadow left the table).
     pub fn retire(&self) {
         let inner = &*self.0;
-        inner.retired.store(true, Ordering::SeqCst);
+        inner.retired.mark();
         let (route, upstream) = (&*inner.route, &*inner.upstream);
         for outcome in ShadowOutcome::ALL {
             let _ = inner.families.shadow_requests.remove_label_values(&[
