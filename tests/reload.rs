@@ -44,6 +44,14 @@ fn table_with_default(default: &str, upstreams: &[(&str, &Backend)], rest: &str)
 }
 
 /// The 1-based line of the first line of `text` containing `needle`.
+/// Backends `a` (upstream `legacy`) and `b` (`new`), and ficus routing `/api` to `legacy`.
+async fn api_on_legacy() -> (Backend, Backend, TestProxy) {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let upstreams = [("legacy", &a), ("new", &b)];
+    let proxy = TestProxy::start(&table(&upstreams, &route("api", "/api", "legacy"))).await;
+    (a, b, proxy)
+}
+
 fn line_of(text: &str, needle: &str) -> usize {
     text.lines()
         .position(|line| line.contains(needle))
@@ -178,9 +186,8 @@ impl DirEvents {
 
 #[tokio::test]
 async fn in_place_write_reroutes_the_next_request() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let (a, b, proxy) = api_on_legacy().await;
     let upstreams = [("legacy", &a), ("new", &b)];
-    let proxy = TestProxy::start(&table(&upstreams, &route("api", "/api", "legacy"))).await;
     assert_eq!(proxy.get("/api/orders").await.body, "a");
 
     proxy
@@ -201,9 +208,8 @@ async fn in_place_write_reroutes_the_next_request() {
 
 #[tokio::test]
 async fn table_edited_right_after_start_is_not_missed() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let (a, b, proxy) = api_on_legacy().await;
     let upstreams = [("legacy", &a), ("new", &b)];
-    let proxy = TestProxy::start(&table(&upstreams, &route("api", "/api", "legacy"))).await;
     // No request first: once `start` has returned, an edit must be seen.
     proxy
         .rewrite(&table(&upstreams, &route("api", "/api", "new")))
@@ -214,9 +220,8 @@ async fn table_edited_right_after_start_is_not_missed() {
 
 #[tokio::test]
 async fn editor_save_by_rename_reloads_every_time() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let (a, b, proxy) = api_on_legacy().await;
     let upstreams = [("legacy", &a), ("new", &b)];
-    let proxy = TestProxy::start(&table(&upstreams, &route("api", "/api", "legacy"))).await;
     assert_eq!(proxy.get("/api/orders").await.body, "a");
 
     save_by_rename(&proxy, &table(&upstreams, &route("api", "/api", "new")));
@@ -276,9 +281,8 @@ async fn configmap_symlink_swap_reloads_every_time() {
 
 #[tokio::test]
 async fn invalid_reload_keeps_previous_table_and_reports_file_line_and_problem() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let (a, b, proxy) = api_on_legacy().await;
     let upstreams = [("legacy", &a), ("new", &b)];
-    let proxy = TestProxy::start(&table(&upstreams, &route("api", "/api", "legacy"))).await;
     assert_eq!(proxy.get("/api/orders").await.body, "a");
     let file = proxy.table.display().to_string();
 
@@ -444,9 +448,8 @@ async fn unchanged_upstream_keeps_its_pooled_connections_across_reload() {
 
 #[tokio::test]
 async fn listen_change_is_reported_as_restart_required_and_the_rest_applies() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let (a, b, proxy) = api_on_legacy().await;
     let upstreams = [("legacy", &a), ("new", &b)];
-    let proxy = TestProxy::start(&table(&upstreams, &route("api", "/api", "legacy"))).await;
     assert_eq!(proxy.get("/api/orders").await.body, "a");
     assert_eq!(
         routes(&proxy).await["restart_required"],
@@ -503,9 +506,8 @@ async fn rewriting_identical_bytes_does_not_bump_generation() {
 
 #[tokio::test]
 async fn burst_of_writes_coalesces_and_the_last_write_wins() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let (a, b, proxy) = api_on_legacy().await;
     let upstreams = [("legacy", &a), ("new", &b)];
-    let proxy = TestProxy::start(&table(&upstreams, &route("api", "/api", "legacy"))).await;
     assert_eq!(proxy.get("/api/orders").await.body, "a");
 
     let version = |i: usize| {
@@ -538,9 +540,8 @@ async fn burst_of_writes_coalesces_and_the_last_write_wins() {
 
 #[tokio::test]
 async fn deleted_table_keeps_serving_until_restored() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let (a, b, proxy) = api_on_legacy().await;
     let upstreams = [("legacy", &a), ("new", &b)];
-    let proxy = TestProxy::start(&table(&upstreams, &route("api", "/api", "legacy"))).await;
     assert_eq!(proxy.get("/api/orders").await.body, "a");
 
     std::fs::remove_file(&proxy.table).expect("delete the table");
