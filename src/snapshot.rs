@@ -62,6 +62,8 @@ pub struct Decision<'s> {
     pub timeout: Duration,
     /// How a split side was chosen, if the route splits.
     pub assignment: Option<Assignment>,
+    /// Which of the route's sides answers (0 unless it splits).
+    pub side: usize,
     /// Where the route mirrors requests, if anywhere.
     pub shadow: Option<&'s Arc<Shadow>>,
 }
@@ -129,13 +131,16 @@ impl Snapshot {
                         Some(existing) => (*existing).clone(),
                         None => metrics.shadow(&route.name, name),
                     };
-                    let probes = sides.iter().map(|&i| shadow_pools[i].clone()).collect();
+                    let sides = sides
+                        .iter()
+                        .map(|&i| (i != spec.upstream).then(|| shadow_pools[i].clone()))
+                        .collect();
                     let state = states.get(&route.name)?.clone();
                     Some(Arc::new(Shadow::new(
                         route,
                         spec,
                         target,
-                        probes,
+                        sides,
                         metrics,
                         state,
                         shadows.comparisons(),
@@ -199,6 +204,7 @@ impl Snapshot {
                 backend: &self.default,
                 timeout: self.table.default_timeout,
                 assignment: None,
+                side: 0,
                 shadow: None,
             };
         };
@@ -218,6 +224,7 @@ impl Snapshot {
             backend: &backends[side.min(backends.len() - 1)],
             timeout: spec.timeout,
             assignment,
+            side,
             shadow: shadow.as_ref(),
         }
     }

@@ -899,3 +899,33 @@ async fn chunked_request_body_over_max_body_is_not_mirrored() {
     assert_eq!(mirrored.len(), 1, "only the short body was mirrored");
     assert_eq!(mirrored[0].body_len, 5);
 }
+
+#[tokio::test]
+async fn requests_a_split_sends_to_the_shadow_target_itself_are_not_mirrored() {
+    let legacy = Backend::start("legacy").await;
+    let new = Backend::start("new").await;
+    let proxy = TestProxy::start(&table(
+        &[("legacy", &legacy), ("new", &new)],
+        "[[routes]]\nname = \"canary\"\nprefix = \"/canary\"\nsplit = { legacy = 0, new = 100 }\n\
+         shadow = { upstream = \"new\", sample = 1.0 }\n\
+         [[routes]]\nname = \"api\"\nprefix = \"/api\"\nupstream = \"legacy\"\nshadow = { upstream = \"new\", sample = 1.0 }\n",
+    ))
+    .await;
+    assert_eq!(proxy.get("/canary/x").await.upstream(), "new");
+    proxy.get("/api/y").await;
+    proxy.wait_for_metric(&series("mismatch"), 1.0).await;
+    let marked: Vec<(String, bool)> = new
+        .requests()
+        .into_iter()
+        .map(|r| (r.target, r.headers.contains_key("x-ficus-shadow")))
+        .collect();
+    assert_eq!(marked.len(), 2, "{marked:?}");
+    assert!(marked.contains(&("/canary/x".into(), false)), "{marked:?}");
+    assert!(marked.contains(&("/api/y".into(), true)), "{marked:?}");
+    let metrics = proxy.admin_get("/metrics").await.body;
+    let canary_outcomes: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("ficus_shadow_requests_total") && l.contains("route=\"canary\""))
+        .collect();
+    assert!(canary_outcomes.is_empty(), "{canary_outcomes:?}");
+}

@@ -136,7 +136,7 @@ pub async fn handle(
             let log_path = target.clone();
             let request = rewrite(request, peer, target, host, &request_id);
             let (request, mirror) = match decision.shadow {
-                Some(shadow) => shadow.begin(request, &decision.backend.upstream),
+                Some(shadow) => shadow.begin(request, decision.side),
                 None => (request, None),
             };
             let result = exchange(&decision, request, peer).await;

@@ -213,8 +213,10 @@ pub struct Shadow {
     spec: ShadowSpec,
     /// The shadow upstream, on its own pool: a hung shadow never holds the primary's connections.
     target: Arc<Upstream>,
-    /// Shadow-side pools of the route's own upstreams, by name, for noise probes.
-    probes: Vec<Arc<Upstream>>,
+    /// Per side of the route (one unless it splits): the shadow-side pool of that side's
+    /// upstream, for noise probes; `None` where that upstream is the shadow target itself,
+    /// whose requests are not mirrored. Worked out once per table, not per request.
+    sides: Vec<Option<Arc<Upstream>>>,
     metrics: ShadowMetrics,
     state: Arc<RouteState>,
     /// Shared by all routes: comparisons running at once.
@@ -267,7 +269,7 @@ impl Shadow {
         route: &Route,
         spec: &ShadowSpec,
         target: Arc<Upstream>,
-        probes: Vec<Arc<Upstream>>,
+        sides: Vec<Option<Arc<Upstream>>>,
         metrics: ShadowMetrics,
         state: Arc<RouteState>,
         comparisons: Arc<Semaphore>,
@@ -276,7 +278,7 @@ impl Shadow {
             route: route.name.as_str().into(),
             spec: spec.clone(),
             target,
-            probes,
+            sides,
             metrics,
             state,
             comparisons,
@@ -289,17 +291,19 @@ impl Shadow {
         &self.metrics
     }
 
-    /// Starts mirroring `request`, about to go to `primary`, if it is chosen. Returns the
-    /// request to send (its body copied as it streams, when it has one) and, when mirrored,
-    /// what the primary side must hand over once it has answered.
+    /// Starts mirroring `request`, about to go to the route's `side`, if it is chosen.
+    /// Returns the request to send (its body copied as it streams, when it has one) and,
+    /// when mirrored, what the primary side must hand over once it has answered.
     pub fn begin(
         self: &Arc<Self>,
         request: Request<RequestBody>,
-        primary: &Upstream,
+        side: usize,
     ) -> (Request<RequestBody>, Option<Mirror>) {
         let spec = &self.spec;
+        let Some(Some(primary_pool)) = self.sides.get(side) else {
+            return (request, None); // this side is the shadow target itself
+        };
         if !spec.methods.contains(request.method())
-            || primary.spec.name == self.target.spec.name
             || !(spec.sample >= 1.0 || fastrand::f64() < spec.sample)
         {
             return (request, None);
@@ -333,12 +337,7 @@ impl Shadow {
             .filter(|&sample| {
                 PROBE_METHODS.contains(&head.method) && (sample >= 1.0 || fastrand::f64() < sample)
             })
-            .and_then(|_| {
-                self.probes
-                    .iter()
-                    .find(|p| p.spec.name == primary.spec.name)
-                    .cloned()
-            });
+            .map(|_| primary_pool.clone());
         let shadow = self.clone();
         tokio::spawn(async move {
             let pending = Pending {
