@@ -253,7 +253,7 @@ async fn refusing_target() -> String {
 /// Raw bytes of the answers to `n` GETs (each on its own connection, `date` removed)
 /// and how long each took.
 async fn run_primary(proxy: &TestProxy, n: usize) -> (Vec<String>, Vec<Duration>) {
-    let addr: std::net::SocketAddr = proxy.url("").trim_start_matches("http://").parse().unwrap();
+    let addr = proxy.running.proxy_addr;
     let mut answers = Vec::new();
     let mut latencies = Vec::new();
     for i in 0..n {
@@ -787,7 +787,7 @@ async fn primary_streams_to_the_client_while_its_copy_is_kept() {
         new.url()
     ))
     .await;
-    let addr: std::net::SocketAddr = proxy.url("").trim_start_matches("http://").parse().unwrap();
+    let addr = proxy.running.proxy_addr;
     let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
     client
         .write_all(b"GET /api/feed HTTP/1.1\r\nhost: shop\r\nconnection: close\r\n\r\n")
@@ -872,7 +872,7 @@ async fn chunked_request_body_over_max_body_is_not_mirrored() {
     let (_legacy, new, proxy) =
         start_shadowed("{ upstream = \"new\", sample = 1.0, methods = [\"POST\"], max_body = 8 }")
             .await;
-    let addr: std::net::SocketAddr = proxy.url("").trim_start_matches("http://").parse().unwrap();
+    let addr = proxy.running.proxy_addr;
     // No content-length: the limit is only found while the body streams past.
     let long = support::raw(
         addr,
