@@ -65,7 +65,8 @@ const PROBE_METHODS: [Method; 3] = [Method::GET, Method::HEAD, Method::OPTIONS];
 pub struct RouteState {
     limit: AtomicUsize,
     in_flight: AtomicUsize,
-    noise: Mutex<Noise>,
+    /// Shared, not copied, by every comparison; replaced whole when something is learned.
+    noise: Mutex<Arc<Noise>>,
     mismatches: Mutex<MismatchLog>,
 }
 
@@ -79,7 +80,7 @@ impl RouteState {
         RouteState {
             limit: AtomicUsize::new(limit),
             in_flight: AtomicUsize::new(0),
-            noise: Mutex::new(Noise::default()),
+            noise: Mutex::default(),
             mismatches: Mutex::new(MismatchLog::default()),
         }
     }
@@ -94,8 +95,11 @@ impl RouteState {
         Some(InFlight(self.clone()))
     }
 
-    fn noise(&self) -> Noise {
-        self.noise.lock().map(|n| n.clone()).unwrap_or_default()
+    fn noise(&self) -> Arc<Noise> {
+        self.noise
+            .lock()
+            .map(|n| Arc::clone(&n))
+            .unwrap_or_default()
     }
 
     /// How many JSON paths have been learned as noise.
@@ -154,7 +158,7 @@ impl ShadowRegistry {
                     if spec.learn_noise.is_none()
                         && let Ok(mut noise) = old.noise.lock()
                     {
-                        *noise = Noise::default();
+                        *noise = Arc::default();
                     }
                     old.clone()
                 }
@@ -501,12 +505,17 @@ impl Shadow {
         let mut noise = state.noise();
         if let Some(probe) = &probe {
             let learned = compare::learn(&spec.compare, observed(&primary), observed(probe));
-            if let Ok(mut shared) = state.noise.lock() {
-                let added = record::merge_noise(&mut shared, learned);
+            if let Ok(mut shared) = state.noise.lock()
+                && (learned.headers.iter().any(|h| !shared.headers.contains(h))
+                    || learned.json.iter().any(|p| !shared.json.contains(p)))
+            {
+                let mut merged = Noise::clone(&shared);
+                let added = record::merge_noise(&mut merged, learned);
                 if !added.is_empty() {
                     tracing::info!(route = &*self.route, learned = ?added, "shadow noise learned from the primary upstream");
+                    *shared = Arc::new(merged);
                 }
-                noise = shared.clone();
+                noise = Arc::clone(&shared);
             }
         }
         let redact = |name: &HeaderName| spec.redacts(name);
