@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use http::StatusCode;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// `ficus_requests_total{route, upstream, code}`.
@@ -33,6 +34,8 @@ pub const SHADOW_DURATION: &str = "ficus_shadow_duration_seconds";
 pub const CONFIG_RELOADS_TOTAL: &str = "ficus_config_reloads_total";
 /// `ficus_config_generation`.
 pub const CONFIG_GENERATION: &str = "ficus_config_generation";
+/// `ficus_client_connections{state}`.
+pub const CLIENT_CONNECTIONS: &str = "ficus_client_connections";
 
 /// Histogram buckets in seconds, shared by every upstream so quantiles compare.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -127,6 +130,45 @@ pub struct Metrics {
     shadow_duration: HistogramVec,
     reloads: IntCounterVec,
     generation: IntGauge,
+    connections: Arc<ConnectionStates>,
+}
+
+/// The two series of `ficus_client_connections`, resolved once.
+struct ConnectionStates {
+    active: IntGauge,
+    idle: IntGauge,
+}
+
+/// Counts one open client connection in `ficus_client_connections`, as `active` or (parked
+/// without buffers, waiting for its next request) `idle`, until dropped.
+pub struct ConnectionGauge {
+    states: Arc<ConnectionStates>,
+    idle: bool,
+}
+
+impl ConnectionGauge {
+    /// Moves the connection to `idle` (`true`) or `active`.
+    pub fn set_idle(&mut self, idle: bool) {
+        if idle != self.idle {
+            self.current().dec();
+            self.idle = idle;
+            self.current().inc();
+        }
+    }
+
+    fn current(&self) -> &IntGauge {
+        if self.idle {
+            &self.states.idle
+        } else {
+            &self.states.active
+        }
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.current().dec();
+    }
 }
 
 impl Metrics {
@@ -163,6 +205,13 @@ impl Metrics {
             &["result"],
         )?;
         let generation = IntGauge::new(CONFIG_GENERATION, "Generation of the route table in use.")?;
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                CLIENT_CONNECTIONS,
+                "Open client connections, by state: active, or idle (an HTTP/1 keep-alive connection waiting for its next request with its buffers released).",
+            ),
+            &["state"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
@@ -170,6 +219,7 @@ impl Metrics {
         registry.register(Box::new(shadow_duration.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(generation.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
         // Both results exist from the start, so `rate()` and alerts see a zero, not a gap.
         reloads.with_label_values(&["success"]);
         reloads.with_label_values(&["failure"]);
@@ -181,7 +231,20 @@ impl Metrics {
             shadow_duration,
             reloads,
             generation,
+            connections: Arc::new(ConnectionStates {
+                active: connections.with_label_values(&["active"]),
+                idle: connections.with_label_values(&["idle"]),
+            }),
         })
+    }
+
+    /// Counts a newly accepted client connection as active.
+    pub fn connection(&self) -> ConnectionGauge {
+        self.connections.active.inc();
+        ConnectionGauge {
+            states: Arc::clone(&self.connections),
+            idle: false,
+        }
     }
 
     /// Shadow handles for one route and its shadow upstream; series are created on first use.

@@ -11,12 +11,20 @@ const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
 
 type Io = TimedIo<DuplexStream>;
 
+const RELEASE: Duration = Duration::from_millis(500);
+const RESPONSE: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
+
 fn conn() -> (DuplexStream, Io, Arc<ConnActivity>) {
+    conn_releasing(None)
+}
+
+fn conn_releasing(release: Option<Duration>) -> (DuplexStream, Io, Arc<ConnActivity>) {
     let (client, server) = duplex(1024);
     let activity = Arc::new(ConnActivity::default());
     let timeouts = ConnTimeouts {
         header_read: HEAD,
         idle: IDLE,
+        release,
     };
     (
         client,
@@ -278,4 +286,125 @@ fn http2_frame_headers_are_found_across_read_boundaries() {
     fake.extend(frame_header(9, 0x0, 1));
     fake.extend(frame_header(0, 0x1, 3));
     assert!(!H2Frames::new().headers_started(&fake));
+}
+
+/// One request served the way hyper does it: head read, response written, guard dropped.
+async fn serve_one(
+    client: &mut DuplexStream,
+    io: &mut Io,
+    activity: &Arc<ConnActivity>,
+) -> io::Result<()> {
+    send(client, io, REQUEST).await?;
+    let guard = activity.request_started();
+    drop(guard);
+    io.write_all(RESPONSE).await?;
+    client.read_exact(&mut vec![0; RESPONSE.len()]).await?;
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn release_is_asked_for_once_a_served_connection_idles() -> io::Result<()> {
+    let (mut client, mut io, activity) = conn_releasing(Some(RELEASE));
+    // Before any request hyper is not idle (it would answer the first one with
+    // `Connection: close`), so nothing is asked for.
+    assert_pending_for(&mut io, 4 * RELEASE).await;
+    assert!(!activity.take_release());
+
+    serve_one(&mut client, &mut io, &activity).await?;
+    assert_pending_for(&mut io, RELEASE - MS).await;
+    assert!(!activity.take_release(), "asked for too early");
+    assert_pending_for(&mut io, 2 * MS).await;
+    assert!(activity.take_release());
+    assert!(!activity.take_release(), "taking the flag clears it");
+
+    // Released: only the idle timeout applies, counted from the response.
+    io.released(Bytes::new());
+    assert!(!io.has_unread());
+    let (msg, at) = read_timeout(&mut io, Instant::now() - RELEASE - MS).await;
+    assert_eq!(msg, "idle timeout");
+    assert_near(at, IDLE);
+    assert!(!activity.take_release());
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn busy_connection_is_not_released_between_requests() -> io::Result<()> {
+    let (mut client, mut io, activity) = conn_releasing(Some(RELEASE));
+    for _ in 0..20 {
+        serve_one(&mut client, &mut io, &activity).await?;
+        assert_pending_for(&mut io, RELEASE / 2).await;
+        assert!(!activity.take_release());
+    }
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn release_waits_for_a_started_head() -> io::Result<()> {
+    let (mut client, mut io, activity) = conn_releasing(Some(RELEASE));
+    serve_one(&mut client, &mut io, &activity).await?;
+    send(&mut client, &mut io, b"GET /next HTTP/1.1\r\n").await?;
+    let head = Instant::now();
+    let (msg, at) = read_timeout(&mut io, head).await;
+    assert_eq!(msg, "header read timeout");
+    assert_near(at, HEAD);
+    assert!(!activity.take_release());
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn release_waits_for_the_client_to_take_the_response() -> io::Result<()> {
+    let (mut client, io, activity) = conn_releasing(Some(RELEASE));
+    let (mut reader, mut writer) = tokio::io::split(io);
+    client.write_all(REQUEST).await?;
+    reader.read_exact(&mut vec![0; REQUEST.len()]).await?;
+    drop(activity.request_started());
+    // More than the pipe holds: the server is left with bytes the client has not read.
+    let big = vec![b'x'; 4096];
+    let write = tokio::spawn(async move {
+        writer.write_all(&big).await?;
+        io::Result::Ok(writer)
+    });
+    let read = tokio::spawn(async move {
+        let res = reader.read(&mut [0; 64]).await.map_err(|e| e.kind());
+        (res, reader)
+    });
+    tokio::time::sleep(10 * RELEASE).await; // the client does not read for a while
+    assert!(
+        !activity.take_release(),
+        "released while holding unsent bytes"
+    );
+    let mut got = vec![0; 4096];
+    client.read_exact(&mut got).await?;
+    let _writer = write.await.map_err(io::Error::other)??;
+    let sent = Instant::now();
+    while !activity.take_release() {
+        tokio::time::sleep(MS).await;
+        assert!(sent.elapsed() < 3 * RELEASE, "never asked for a release");
+    }
+    assert!(sent.elapsed() >= RELEASE);
+    read.abort();
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn bytes_a_released_server_left_unread_come_first_under_the_head_deadline() -> io::Result<()>
+{
+    let (mut client, mut io, activity) = conn_releasing(Some(RELEASE));
+    serve_one(&mut client, &mut io, &activity).await?;
+    let released = Instant::now();
+    io.released(Bytes::from_static(b"GET /b HT"));
+    assert!(io.has_unread());
+    let mut got = [0; 4];
+    io.read_exact(&mut got).await?;
+    assert_eq!(&got, b"GET ");
+    client.write_all(b"TP/1.1\r\n").await?;
+    let mut got = vec![0; 13];
+    io.read_exact(&mut got).await?;
+    assert_eq!(got, b"/b HTTP/1.1\r\n");
+    assert!(!io.has_unread());
+    // The bytes began a head: its deadline runs from the release, not the idle timeout.
+    let (msg, at) = read_timeout(&mut io, released).await;
+    assert_eq!(msg, "header read timeout");
+    assert_near(at, HEAD);
+    Ok(())
 }

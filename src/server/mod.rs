@@ -6,29 +6,45 @@
 //! before `accept`, so excess clients wait in the kernel's backlog instead of
 //! costing memory here. On shutdown the listener closes, idle connections are
 //! closed, and in-flight requests get `drain_timeout` to finish.
+//!
+//! An HTTP/1 keep-alive connection that idles for [`RELEASE_IDLE`] gives its hyper
+//! connection (and with it 16 KiB of buffers) back and waits on the bare socket;
+//! its next request starts a new one. See [`serve_http1`].
 
 pub mod io;
 
 use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
+use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::ServerSettings;
-use crate::proxy::{self, Peer, SharedState};
+use crate::metrics::ConnectionGauge;
+use crate::proxy::{self, Peer, ResponseBody, SharedState};
 use io::{ConnActivity, ConnTimeouts, TimedIo};
 
 /// Most concurrent HTTP/2 streams per client connection (reliability.md §2).
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// Most request headers per HTTP/1 request; more is answered 431.
 pub const H1_MAX_HEADERS: usize = 100;
+/// How long an HTTP/1 keep-alive connection idles before its hyper connection and buffers are
+/// released. Short enough that idle connections cost little (nginx frees its buffers at once);
+/// long enough that a busy connection's requests never pay for a new hyper connection, and the
+/// timer behind it fires about twice a second at most.
+pub const RELEASE_IDLE: Duration = Duration::from_millis(500);
 
 /// A clonable "stop now" signal.
 #[derive(Debug, Clone)]
@@ -130,6 +146,174 @@ async fn sniff(stream: &TcpStream, timeouts: ConnTimeouts) -> Protocol {
         .unwrap_or(Protocol::Close)
 }
 
+/// One client connection's service: every request goes through [`proxy::handle`].
+#[derive(Clone)]
+struct ConnService {
+    state: SharedState,
+    client: Arc<Peer>,
+    activity: Arc<ConnActivity>,
+}
+
+type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
+impl Service<Request<Incoming>> for ConnService {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn call(&self, request: Request<Incoming>) -> ResponseFuture {
+        let (state, client) = (self.state.clone(), self.client.clone());
+        // Held until the response body ends: the connection's timeouts stay off meanwhile.
+        let guard = self.activity.request_started();
+        // Boxed: hyper keeps a slot sized for this future for the connection's whole
+        // life, so unboxed its ~4 KB would stay allocated on every idle keep-alive
+        // connection. Boxed, the slot holds a pointer and the request's state is
+        // freed when its response is done.
+        Box::pin(async move {
+            let response = proxy::handle(&state, request, &client).await;
+            Ok(response.map(|body| body.with_guard(guard)))
+        })
+    }
+}
+
+/// Why a connection's task ended with an error (logged at debug level).
+type ConnError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves HTTP/1.1 on one connection until the client closes, a timeout passes or `shutdown`.
+///
+/// hyper's connection holds a read and a write buffer (8 KiB each) for as long as it lives. So
+/// when the connection has idled for [`RELEASE_IDLE`] (the wrapper raises
+/// [`ConnActivity::take_release`]), hyper's connection is shut down gracefully *without*
+/// closing the socket: it is idle, so it ends at once, and hands back the socket, any bytes it
+/// read but did not parse, and the service. The task then waits on the bare socket and starts
+/// a new hyper connection when the client sends again. Clients see one keep-alive connection.
+async fn serve_http1(
+    h1: &http1::Builder,
+    mut io: TimedIo<TcpStream>,
+    mut service: ConnService,
+    gauge: &mut ConnectionGauge,
+    shutdown: &mut Shutdown,
+) -> Result<(), ConnError> {
+    let mut stop = pin!(shutdown.wait());
+    let mut stopping = false;
+    loop {
+        let activity = service.activity.clone();
+        // Boxed, so a parked connection's task does not keep room for it.
+        let mut conn = Box::new(h1.serve_connection(TokioIo::new(io), service));
+        let mut releasing = false;
+        poll_fn(|cx| {
+            loop {
+                if !stopping && stop.as_mut().poll(cx).is_ready() {
+                    stopping = true;
+                    Pin::new(&mut *conn).graceful_shutdown();
+                }
+                let poll = conn.poll_without_shutdown(cx);
+                // The wrapper raises the flag from inside that poll (its timer fired).
+                if poll.is_pending() && !stopping && !releasing && activity.take_release() {
+                    releasing = true;
+                    // Idle, so this ends the connection on its next poll.
+                    Pin::new(&mut *conn).graceful_shutdown();
+                    continue;
+                }
+                return poll;
+            }
+        })
+        .await?;
+        let parts = conn.into_parts();
+        let mut timed = parts.io.into_inner();
+        if !releasing || stopping {
+            // What `serve_connection` does at the end; failing to is harmless here.
+            let _ = timed.shutdown().await;
+            return Ok(());
+        }
+        tracing::trace!("connection idle: hyper connection released");
+        timed.released(parts.read_buf);
+        io = timed;
+        service = parts.service;
+        if io.has_unread() {
+            continue;
+        }
+        gauge.set_idle(true);
+        let parked = poll_fn(|cx| {
+            if stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            io.poll_parked(cx).map(Some)
+        })
+        .await;
+        gauge.set_idle(false);
+        match parked {
+            // The client sent bytes, or closed: the new connection reads which.
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Serves HTTP/2 on one connection until the client closes, a timeout passes or `shutdown`.
+async fn serve_http2(
+    h2: &http2::Builder<TokioExecutor>,
+    io: TimedIo<TcpStream>,
+    service: ConnService,
+    shutdown: &mut Shutdown,
+) -> Result<(), ConnError> {
+    let mut stop = pin!(shutdown.wait());
+    let mut stopping = false;
+    // Boxed: the rarer, larger HTTP/2 state must not size every connection's task.
+    let mut conn = Box::pin(h2.serve_connection(TokioIo::new(io), service));
+    poll_fn(|cx| {
+        if !stopping && stop.as_mut().poll(cx).is_ready() {
+            stopping = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        conn.as_mut().poll(cx)
+    })
+    .await?;
+    Ok(())
+}
+
+/// Serves one accepted connection until it ends.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: SharedState,
+    protocols: &Protocols,
+    timeouts: ConnTimeouts,
+    mut shutdown: Shutdown,
+) {
+    let mut gauge = state.metrics.connection();
+    let protocol = tokio::select! {
+        protocol = sniff(&stream, timeouts) => protocol,
+        () = shutdown.wait() => Protocol::Close,
+    };
+    let activity = Arc::new(ConnActivity::default());
+    let service = ConnService {
+        state,
+        client: Arc::new(Peer::new(peer)),
+        activity: activity.clone(),
+    };
+    let result = match protocol {
+        Protocol::Http1 => {
+            let timeouts = ConnTimeouts {
+                release: Some(RELEASE_IDLE),
+                ..timeouts
+            };
+            let io = TimedIo::new(stream, activity, timeouts);
+            serve_http1(&protocols.h1, io, service, &mut gauge, &mut shutdown).await
+        }
+        Protocol::Http2 => {
+            let io = TimedIo::new(stream, activity, timeouts);
+            serve_http2(&protocols.h2, io, service, &mut shutdown).await
+        }
+        Protocol::Close => Ok(()),
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
 /// Serves proxy traffic on `listener` until `shutdown`, then drains.
 pub async fn serve(
     listener: TcpListener,
@@ -138,13 +322,13 @@ pub async fn serve(
     mut shutdown: Shutdown,
 ) {
     let protocols = Arc::new(Protocols::new(&settings));
-    let graceful = GracefulShutdown::new();
-    // Connection tasks, so the ones still open at the drain deadline can be closed.
+    // Connection tasks: drained on shutdown, and closed if still open at the drain deadline.
     let mut connections = JoinSet::new();
     let permits = Arc::new(Semaphore::new(settings.max_connections));
     let timeouts = ConnTimeouts {
         header_read: settings.header_read_timeout,
         idle: settings.idle_timeout,
+        release: None,
     };
     loop {
         let permit = tokio::select! {
@@ -169,49 +353,21 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let protocols = protocols.clone();
-        let watcher = graceful.watcher();
+        let shutdown = shutdown.clone();
         // Reap finished connections as we go: the set stays as large as what is open.
         while connections.try_join_next().is_some() {}
         connections.spawn(async move {
-            let protocol = sniff(&stream, timeouts).await;
-            let activity = Arc::new(ConnActivity::default());
-            let io = TokioIo::new(TimedIo::new(stream, activity.clone(), timeouts));
-            let client = Arc::new(Peer::new(peer));
-            let service = service_fn(move |request| {
-                let (state, client) = (state.clone(), client.clone());
-                // Held until the response body ends: the connection's timeouts stay off meanwhile.
-                let guard = activity.request_started();
-                // Boxed: hyper keeps a slot sized for this future for the connection's whole
-                // life, so unboxed its ~4 KB would stay allocated on every idle keep-alive
-                // connection. Boxed, the slot holds a pointer and the request's state is
-                // freed when its response is done.
-                Box::pin(async move {
-                    let response = proxy::handle(&state, request, &client).await;
-                    Ok::<_, Infallible>(response.map(|body| body.with_guard(guard)))
-                })
-            });
-            let result = match protocol {
-                Protocol::Http1 => {
-                    watcher
-                        .watch(protocols.h1.serve_connection(io, service))
-                        .await
-                }
-                // Boxed: the rarer, larger HTTP/2 state must not size every connection's task.
-                Protocol::Http2 => {
-                    Box::pin(watcher.watch(protocols.h2.serve_connection(io, service))).await
-                }
-                Protocol::Close => Ok(()),
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            serve_connection(stream, peer, state, &protocols, timeouts, shutdown).await;
             drop(permit);
         });
     }
     drop(listener);
-    let open = graceful.count();
+    // Every connection saw the signal: idle ones close now, busy ones after their response.
+    while connections.try_join_next().is_some() {}
+    let open = connections.len();
     tracing::info!(open_connections = open, drain_timeout = ?settings.drain_timeout, "draining");
-    match tokio::time::timeout(settings.drain_timeout, graceful.shutdown()).await {
+    let drained = async { while connections.join_next().await.is_some() {} };
+    match tokio::time::timeout(settings.drain_timeout, drained).await {
         Ok(()) => tracing::info!("drained"),
         Err(_) => {
             tracing::warn!(
