@@ -220,17 +220,21 @@ async fn serve_http1(
             }
         })
         .await?;
-        let parts = conn.into_parts();
-        let mut timed = parts.io.into_inner();
+        let http1::Parts {
+            io: returned,
+            read_buf,
+            service: returned_service,
+            ..
+        } = conn.into_parts();
+        io = returned.into_inner();
         if !releasing || stopping {
             // What `serve_connection` does at the end; failing to is harmless here.
-            let _ = timed.shutdown().await;
+            let _ = io.shutdown().await;
             return Ok(());
         }
         tracing::trace!("connection idle: hyper connection released");
-        timed.released(parts.read_buf);
-        io = timed;
-        service = parts.service;
+        io.released(read_buf);
+        service = returned_service;
         if io.has_unread() {
             continue;
         }
