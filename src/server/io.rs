@@ -75,10 +75,10 @@ impl ConnActivity {
 
     /// Whether the wrapper asked, since the last call, for the HTTP server to be released.
     ///
-    /// When it does, the server's state is idle: a request has been answered, no request is in
-    /// flight, no byte of a next request head has been read, and no write is waiting for the
-    /// client, so ending the server loses nothing (only the socket's unread bytes, which the
-    /// server has not read either, stay for the next one).
+    /// It asks only when the server is idle: a request has been answered, none is in flight,
+    /// no byte of a next request head has been read and no write is waiting for the client.
+    /// Ending the server then loses nothing: bytes still in the socket stay there for the next
+    /// one, and bytes it read but did not parse go back through [`TimedIo::released`].
     pub fn take_release(&self) -> bool {
         // The load keeps the common case (no request) a plain read.
         self.release.load(ORDER) && self.release.swap(false, ORDER)
