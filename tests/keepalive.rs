@@ -40,14 +40,20 @@ fn targets(backend: &Backend) -> Vec<String> {
     backend.requests().into_iter().map(|r| r.target).collect()
 }
 
-#[tokio::test]
-async fn idle_connection_is_released_and_serves_its_next_request() {
+/// A backend, ficus in front, and a client connection that made one request (`/first`)
+/// and has since been released.
+async fn released_connection() -> (Backend, TestProxy, TcpStream) {
     let legacy = Backend::start("legacy").await;
     let proxy = TestProxy::start(&table(&[("legacy", &legacy)], "")).await;
     let mut stream = TcpStream::connect(proxy.running.proxy_addr).await.unwrap();
-
     exchange(&mut stream, "/first").await;
     assert_eq!(proxy.wait_for_metric(IDLE, 1.0).await, 1.0);
+    (legacy, proxy, stream)
+}
+
+#[tokio::test]
+async fn idle_connection_is_released_and_serves_its_next_request() {
+    let (legacy, proxy, mut stream) = released_connection().await;
     assert_eq!(proxy.metric(ACTIVE).await, 0.0);
 
     // The same socket, back to work, and again released once it idles.
@@ -155,11 +161,7 @@ async fn read_some(stream: &mut TcpStream, chunk: &mut [u8]) -> usize {
 
 #[tokio::test]
 async fn shutdown_closes_released_connections_at_once() {
-    let legacy = Backend::start("legacy").await;
-    let proxy = TestProxy::start(&table(&[("legacy", &legacy)], "")).await;
-    let mut stream = TcpStream::connect(proxy.running.proxy_addr).await.unwrap();
-    exchange(&mut stream, "/first").await;
-    assert_eq!(proxy.wait_for_metric(IDLE, 1.0).await, 1.0);
+    let (_legacy, proxy, mut stream) = released_connection().await;
 
     let started = tokio::time::Instant::now();
     proxy.running.shutdown();
