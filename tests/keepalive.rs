@@ -176,3 +176,26 @@ async fn shutdown_closes_released_connections_at_once() {
         .expect("connection closed");
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
 }
+
+#[tokio::test]
+async fn empty_line_after_a_request_is_not_a_started_head() {
+    // RFC 9112 §2.2: a client may send an extra CRLF after a request. Released with it
+    // unread, the connection must still idle under `idle_timeout`, not `header_read_timeout`.
+    let legacy = Backend::start("legacy").await;
+    let server = "[server]\nheader_read_timeout = \"300ms\"\nidle_timeout = \"10s\"\n";
+    let proxy = TestProxy::start(&table(&[("legacy", &legacy)], server)).await;
+    let mut stream = TcpStream::connect(proxy.running.proxy_addr).await.unwrap();
+    let mut bytes = get("/first");
+    bytes.extend_from_slice(b"\r\n");
+    stream.write_all(&bytes).await.unwrap();
+    assert_eq!(read_response(&mut stream).await.status, 200);
+    assert_eq!(
+        proxy.wait_for_metric(IDLE, 1.0).await,
+        1.0,
+        "released and parked"
+    );
+    // Idle for longer than the header-read timeout: the time under test.
+    tokio::time::sleep(PAST_RELEASE).await;
+    exchange(&mut stream, "/second").await;
+    assert_eq!(targets(&legacy), ["/first", "/second"]);
+}

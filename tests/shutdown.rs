@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
 #[tokio::test]
@@ -93,4 +94,62 @@ async fn drain_timeout_bounds_shutdown() {
         outcome.is_err(),
         "the connection was cut, not answered: {outcome:?}"
     );
+}
+
+#[tokio::test]
+async fn shutdown_lets_slow_readers_have_their_whole_responses() {
+    // Clients that have not read their responses when shutdown starts: what ficus still
+    // holds for them must be sent before their connections close. Where a response's end
+    // sits (kernel or ficus) depends on the kernel's buffer sizing, so a spread of sizes
+    // runs at once, each with and without `Connection: close`.
+    const SIZES: [usize; 6] = [
+        2_400_000, 2_700_000, 2_900_000, 3_100_000, 3_300_000, 3_600_000,
+    ];
+    let legacy = Backend::with(
+        "legacy",
+        responder(|r| {
+            let size = r.target.trim_start_matches('/').parse().unwrap_or(0);
+            (http::StatusCode::OK, vec![], "x".repeat(size))
+        }),
+    )
+    .await;
+    let proxy = TestProxy::start(&table(&[("legacy", &legacy)], "")).await;
+    let (read_now, reading) = tokio::sync::watch::channel(false);
+    let mut clients = Vec::new();
+    for size in SIZES {
+        for close in [true, false] {
+            let addr = proxy.running.proxy_addr;
+            let mut reading = reading.clone();
+            clients.push(tokio::spawn(async move {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.set_recv_buffer_size(4096).unwrap();
+                let mut stream = socket.connect(addr).await.unwrap();
+                let connection = if close { "Connection: close\r\n" } else { "" };
+                let request =
+                    format!("GET /{size} HTTP/1.1\r\nHost: shop.example.com\r\n{connection}\r\n");
+                stream.write_all(request.as_bytes()).await.unwrap();
+                reading.wait_for(|&go| go).await.unwrap();
+                let mut received = Vec::with_capacity(size + 1024);
+                tokio::time::timeout(EVENT_TIMEOUT, stream.read_to_end(&mut received))
+                    .await
+                    .expect("connection not closed in time")
+                    .unwrap();
+                let head_end = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                (size, close, received.len() - head_end)
+            }));
+        }
+    }
+    legacy.wait_for_arrivals(clients.len()).await;
+    // The clients do not read for a while, so ficus fills every buffer: the time under test.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.running.shutdown();
+    tokio::time::sleep(Duration::from_millis(300)).await; // shutdown under way, still no reading
+    read_now.send_replace(true);
+    for client in clients {
+        let (size, close, body) = client.await.unwrap();
+        assert_eq!(
+            body, size,
+            "response of {size} bytes cut (connection: close {close})"
+        );
+    }
 }

@@ -355,6 +355,14 @@ impl<T> TimedIo<T> {
     pub fn released(&mut self, unread: Bytes) {
         self.served = false;
         self.write_blocked = false;
+        // A flag raised meanwhile was meant for the server that is gone.
+        self.activity.release.store(false, ORDER);
+        // Empty lines between requests are allowed (RFC 9112 §2.2) and are not a head.
+        let start = unread
+            .iter()
+            .position(|&b| b != b'\r' && b != b'\n')
+            .unwrap_or(unread.len());
+        let unread = &unread[start..];
         if !unread.is_empty() && self.head_deadline.is_none() {
             let now = Instant::now();
             let deadline = after(now, self.timeouts.header_read);
@@ -364,7 +372,7 @@ impl<T> TimedIo<T> {
             }
         }
         // A copy: `unread` is a view of the server's whole read buffer, which it would keep.
-        self.rewind = Bytes::copy_from_slice(&unread);
+        self.rewind = Bytes::copy_from_slice(unread);
     }
 
     /// Whether bytes read by a released server are waiting to be read again.

@@ -409,3 +409,29 @@ async fn bytes_a_released_server_left_unread_come_first_under_the_head_deadline(
     assert_near(at, HEAD);
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn empty_lines_a_released_server_left_unread_are_not_a_head() -> io::Result<()> {
+    let (mut client, mut io, activity) = conn_releasing(Some(RELEASE));
+    serve_one(&mut client, &mut io, &activity).await?;
+    let responded = Instant::now();
+    io.released(Bytes::from_static(b"\r\n\r\n"));
+    assert!(!io.has_unread());
+    let (msg, at) = read_timeout(&mut io, responded).await;
+    assert_eq!(msg, "idle timeout");
+    assert_near(at, IDLE);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_asked_for_the_released_server_is_forgotten() -> io::Result<()> {
+    let (mut client, mut io, activity) = conn_releasing(Some(RELEASE));
+    serve_one(&mut client, &mut io, &activity).await?;
+    assert_pending_for(&mut io, 2 * RELEASE).await;
+    io.released(Bytes::new());
+    assert!(
+        !activity.take_release(),
+        "would end the next server at once"
+    );
+    Ok(())
+}

@@ -26,7 +26,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -185,9 +184,13 @@ type ConnError = Box<dyn std::error::Error + Send + Sync>;
 /// hyper's connection holds a read and a write buffer (8 KiB each) for as long as it lives. So
 /// when the connection has idled for [`RELEASE_IDLE`] (the wrapper raises
 /// [`ConnActivity::take_release`]), hyper's connection is shut down gracefully *without*
-/// closing the socket: it is idle, so it ends at once, and hands back the socket, any bytes it
-/// read but did not parse, and the service. The task then waits on the bare socket and starts
-/// a new hyper connection when the client sends again. Clients see one keep-alive connection.
+/// closing the socket (`poll_without_shutdown`): it is idle, so it ends at once, and hands back
+/// the socket, any bytes it read but did not parse, and the service. The task then waits on the
+/// bare socket and starts a new hyper connection when the client sends again. Clients see one
+/// keep-alive connection.
+///
+/// Every other ending goes through hyper's own `Future`, which flushes what it still holds for
+/// the client before shutting the socket down.
 async fn serve_http1(
     h1: &http1::Builder,
     mut io: TimedIo<TcpStream>,
@@ -201,38 +204,39 @@ async fn serve_http1(
         let activity = service.activity.clone();
         // Boxed, so a parked connection's task does not keep room for it.
         let mut conn = Box::new(h1.serve_connection(TokioIo::new(io), service));
-        let mut releasing = false;
-        poll_fn(|cx| {
-            loop {
-                if !stopping && stop.as_mut().poll(cx).is_ready() {
-                    stopping = true;
-                    Pin::new(&mut *conn).graceful_shutdown();
-                }
-                let poll = conn.poll_without_shutdown(cx);
-                // The wrapper raises the flag from inside that poll (its timer fired).
-                if poll.is_pending() && !stopping && !releasing && activity.take_release() {
-                    releasing = true;
-                    // Idle, so this ends the connection on its next poll.
-                    Pin::new(&mut *conn).graceful_shutdown();
-                    continue;
-                }
-                return poll;
+        // At most one attempt per hyper connection: after one that found it busy, it closes.
+        let mut tried = false;
+        let released = poll_fn(|cx| {
+            if !stopping && stop.as_mut().poll(cx).is_ready() {
+                stopping = true;
+                Pin::new(&mut *conn).graceful_shutdown();
             }
+            let poll = Pin::new(&mut *conn).poll(cx);
+            // The wrapper raises the flag from inside that poll (its timer fired).
+            if poll.is_pending() && !stopping && !tried && activity.take_release() {
+                tried = true;
+                Pin::new(&mut *conn).graceful_shutdown();
+                // An idle connection ends on this very poll. One that is not (the rest of
+                // a request body still arriving) has now lost keep-alive: it finishes its
+                // exchange and closes like any other, through the polls above.
+                if let Poll::Ready(result) = conn.poll_without_shutdown(cx) {
+                    return Poll::Ready(result.map(|()| true));
+                }
+            }
+            poll.map(|result| result.map(|()| false))
         })
         .await?;
+        if !released {
+            return Ok(());
+        }
         let http1::Parts {
             io: returned,
             read_buf,
             service: returned_service,
             ..
         } = conn.into_parts();
-        io = returned.into_inner();
-        if !releasing || stopping {
-            // What `serve_connection` does at the end; failing to is harmless here.
-            let _ = io.shutdown().await;
-            return Ok(());
-        }
         tracing::trace!("connection idle: hyper connection released");
+        io = returned.into_inner();
         io.released(read_buf);
         service = returned_service;
         if io.has_unread() {
