@@ -199,3 +199,74 @@ async fn empty_line_after_a_request_is_not_a_started_head() {
     exchange(&mut stream, "/second").await;
     assert_eq!(targets(&legacy), ["/first", "/second"]);
 }
+
+/// Reads a response head (for HEAD, which has no body to read) and returns its status.
+async fn read_head_status(stream: &mut TcpStream) -> u16 {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(EVENT_TIMEOUT, stream.read(&mut byte))
+            .await
+            .expect("no response in time")
+            .unwrap();
+        assert_eq!(n, 1, "closed during the head");
+        head.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    line.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line")
+}
+
+#[tokio::test]
+async fn connections_are_released_after_every_kind_of_exchange() {
+    let legacy = Backend::start("legacy").await;
+    let proxy = TestProxy::start(&table(&[("legacy", &legacy)], "")).await;
+    let http10 = b"GET /old HTTP/1.0\r\nHost: shop.example.com\r\nConnection: keep-alive\r\n\r\n";
+    let head = b"HEAD /head HTTP/1.1\r\nHost: shop.example.com\r\n\r\n";
+    let post = b"POST /post HTTP/1.1\r\nHost: shop.example.com\r\nContent-Length: 5\r\n\r\nhello";
+    let chunked = b"POST /chunked HTTP/1.1\r\nHost: shop.example.com\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let cases: [(&str, &[u8]); 4] = [
+        ("HTTP/1.0 keep-alive", http10),
+        ("HEAD", head),
+        ("POST with a length", post),
+        ("POST, chunked", chunked),
+    ];
+    for (case, request) in cases {
+        let mut stream = TcpStream::connect(proxy.running.proxy_addr).await.unwrap();
+        // Twice: the first exchange on a new connection, the second after its release.
+        for round in ["first", "after the release"] {
+            stream.write_all(request).await.unwrap();
+            let status = if request.starts_with(b"HEAD") {
+                read_head_status(&mut stream).await
+            } else {
+                read_response(&mut stream).await.status
+            };
+            assert_eq!(status, 200, "{case}, {round}");
+            assert_eq!(
+                proxy.wait_for_metric(IDLE, 1.0).await,
+                1.0,
+                "{case}, {round}"
+            );
+        }
+        drop(stream);
+        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+        while proxy.metric(IDLE).await > 0.0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{case}: still counted"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let seen: Vec<(String, usize)> = legacy
+        .requests()
+        .into_iter()
+        .map(|r| (r.target, r.body_len))
+        .collect();
+    let want = [("/old", 0), ("/head", 0), ("/post", 5), ("/chunked", 5)]
+        .into_iter()
+        .flat_map(|(target, len)| [(target.to_owned(), len), (target.to_owned(), len)]);
+    assert_eq!(seen, want.collect::<Vec<_>>());
+}
