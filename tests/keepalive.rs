@@ -36,6 +36,19 @@ async fn exchange(stream: &mut TcpStream, path: &str) {
     );
 }
 
+/// Waits until ficus counts no client connection: `what` was closed by the client.
+/// Polls `/metrics`, which has no change feed, bounded by `EVENT_TIMEOUT`.
+async fn until_none_counted(proxy: &TestProxy, what: &str) {
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    while proxy.metric(ACTIVE).await + proxy.metric(IDLE).await > 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn targets(backend: &Backend) -> Vec<String> {
     backend.requests().into_iter().map(|r| r.target).collect()
 }
@@ -66,14 +79,7 @@ async fn idle_connection_is_released_and_serves_its_next_request() {
     assert_eq!(targets(&legacy), ["/first", "/second", "/third", "/fourth"]);
 
     drop(stream);
-    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
-    while proxy.metric(ACTIVE).await + proxy.metric(IDLE).await > 0.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "closed connection still counted"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_none_counted(&proxy, "closed connection").await;
 }
 
 #[tokio::test]
@@ -251,14 +257,7 @@ async fn connections_are_released_after_every_kind_of_exchange() {
             );
         }
         drop(stream);
-        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
-        while proxy.metric(IDLE).await > 0.0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{case}: still counted"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until_none_counted(&proxy, case).await;
     }
     let seen: Vec<(String, usize)> = legacy
         .requests()
