@@ -143,7 +143,9 @@ async fn shutdown_lets_slow_readers_have_their_whole_responses() {
     // The clients do not read for a while, so ficus fills every buffer: the time under test.
     tokio::time::sleep(Duration::from_secs(1)).await;
     proxy.running.shutdown();
-    tokio::time::sleep(Duration::from_millis(300)).await; // shutdown under way, still no reading
+    // Slow readers through a shutdown: they go on not reading for a while after it starts,
+    // the time under test.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     read_now.send_replace(true);
     for client in clients {
         let (size, close, body) = client.await.unwrap();
