@@ -71,8 +71,8 @@ async fn idle_connection_is_released_and_serves_its_next_request() {
 
     // The same socket, back to work, and again released once it idles.
     exchange(&mut stream, "/second").await;
-    assert_eq!(proxy.metric(IDLE).await, 0.0);
-    assert_eq!(proxy.metric(ACTIVE).await, 1.0);
+    // Active again (or, on a slow machine, already released again): counted once.
+    assert_eq!(proxy.metric(IDLE).await + proxy.metric(ACTIVE).await, 1.0);
     exchange(&mut stream, "/third").await;
     assert_eq!(proxy.wait_for_metric(IDLE, 1.0).await, 1.0);
     exchange(&mut stream, "/fourth").await;
@@ -82,6 +82,8 @@ async fn idle_connection_is_released_and_serves_its_next_request() {
     until_none_counted(&proxy, "closed connection").await;
 }
 
+/// The gauge cannot show this release (the connection does not park: it has bytes to read),
+/// so the test shows that nothing is lost; dropping the unread bytes makes it fail.
 #[tokio::test]
 async fn part_of_a_next_request_read_with_the_last_one_survives_the_release() {
     let legacy = Backend::start("legacy").await;

@@ -275,7 +275,9 @@ impl<T> TimedIo<T> {
             // HTTP/2: a HEADERS frame opened while no stream is in flight (slowloris
             // trickles its header block); control frames are not a head.
             Some(frames) => frames.headers_started(bytes),
-            None => true,
+            // HTTP/1: any byte but the empty lines allowed between requests (RFC 9112 §2.2).
+            // Looked at only when a head could start; a request's first byte ends the scan.
+            None => !self.busy && self.head_deadline.is_none() && !only_empty_lines(bytes),
         };
         if head_started && !self.busy && self.head_deadline.is_none() {
             let deadline = after(now, self.timeouts.header_read);
@@ -360,7 +362,7 @@ impl<T> TimedIo<T> {
         // Empty lines between requests are allowed (RFC 9112 §2.2) and are not a head.
         let start = unread
             .iter()
-            .position(|&b| b != b'\r' && b != b'\n')
+            .position(|&b| !is_line_end(b))
             .unwrap_or(unread.len());
         let unread = &unread[start..];
         if !unread.is_empty() && self.head_deadline.is_none() {
@@ -390,6 +392,15 @@ impl TimedIo<TcpStream> {
             Poll::Pending => self.poll_deadline(cx),
         }
     }
+}
+
+fn is_line_end(b: u8) -> bool {
+    b == b'\r' || b == b'\n'
+}
+
+/// Whether `bytes` hold nothing but line ends: what a client may send between requests.
+fn only_empty_lines(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| is_line_end(b))
 }
 
 /// `t + d`, saturating to a far future instead of panicking on overflow (as `tokio::time::sleep`).

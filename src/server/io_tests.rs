@@ -435,3 +435,18 @@ async fn a_release_asked_for_the_released_server_is_forgotten() -> io::Result<()
     );
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn empty_lines_between_requests_are_not_a_head() -> io::Result<()> {
+    let (mut client, mut io, activity) = conn_releasing(Some(RELEASE));
+    serve_one(&mut client, &mut io, &activity).await?;
+    send(&mut client, &mut io, b"\r\n").await?;
+    let sent = Instant::now();
+    // Not a started head: released like any idle connection, then only the idle timeout.
+    assert_pending_for(&mut io, 2 * RELEASE).await;
+    assert!(activity.take_release());
+    let (msg, at) = read_timeout(&mut io, sent).await;
+    assert_eq!(msg, "idle timeout");
+    assert_near(at, IDLE);
+    Ok(())
+}

@@ -253,7 +253,9 @@ async fn serve_http1(
     shutdown: &mut Shutdown,
 ) -> Result<(), ConnError> {
     let fired = shutdown.fired.clone();
-    let wait = pin!(shutdown.wait());
+    // Unconstrained: tokio's task budget could otherwise turn the registering first poll into
+    // a `Pending` that registers nothing, and StopWatch would never poll it again.
+    let wait = pin!(tokio::task::unconstrained(shutdown.wait()));
     let mut stop = StopWatch::new(wait, fired);
     let mut stopping = false;
     loop {
@@ -324,7 +326,9 @@ async fn serve_http2(
     shutdown: &mut Shutdown,
 ) -> Result<(), ConnError> {
     let fired = shutdown.fired.clone();
-    let wait = pin!(shutdown.wait());
+    // Unconstrained: tokio's task budget could otherwise turn the registering first poll into
+    // a `Pending` that registers nothing, and StopWatch would never poll it again.
+    let wait = pin!(tokio::task::unconstrained(shutdown.wait()));
     let mut stop = StopWatch::new(wait, fired);
     let mut stopping = false;
     // Boxed: the rarer, larger HTTP/2 state must not size every connection's task.
