@@ -280,12 +280,17 @@ impl<T> TimedIo<T> {
             None => !self.busy && self.head_deadline.is_none() && !only_empty_lines(bytes),
         };
         if head_started && !self.busy && self.head_deadline.is_none() {
-            let deadline = after(now, self.timeouts.header_read);
-            self.head_deadline = Some(deadline);
-            // Keep the invariant: the timer must not fire after the head deadline.
-            if deadline < self.sleep.deadline() {
-                self.sleep.as_mut().reset(deadline);
-            }
+            self.start_head(now);
+        }
+    }
+
+    /// A request head began at `now`: it must be complete within `header_read`.
+    fn start_head(&mut self, now: Instant) {
+        let deadline = after(now, self.timeouts.header_read);
+        self.head_deadline = Some(deadline);
+        // Keep the invariant: the timer must not fire after the head deadline.
+        if deadline < self.sleep.deadline() {
+            self.sleep.as_mut().reset(deadline);
         }
     }
 
@@ -366,12 +371,7 @@ impl<T> TimedIo<T> {
             .unwrap_or(unread.len());
         let unread = &unread[start..];
         if !unread.is_empty() && self.head_deadline.is_none() {
-            let now = Instant::now();
-            let deadline = after(now, self.timeouts.header_read);
-            self.head_deadline = Some(deadline);
-            if deadline < self.sleep.deadline() {
-                self.sleep.as_mut().reset(deadline);
-            }
+            self.start_head(Instant::now());
         }
         // A copy: `unread` is a view of the server's whole read buffer, which it would keep.
         self.rewind = Bytes::copy_from_slice(unread);
