@@ -16,7 +16,7 @@ pub mod io;
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
@@ -99,18 +99,22 @@ impl Shutdown {
 /// A connection's view of the shutdown signal, for its hot poll loop. Polling a `watch` wait
 /// locks its waiter list on every poll (about 370 instructions per proxied request), so the
 /// wait is polled once to register the task's waker, and after that only once the trigger
-/// has fired, which it does before waking the task.
-struct StopWatch<'a, F> {
-    wait: Pin<&'a mut F>,
+/// has fired, which it does before waking the task. The wait is boxed (once per connection)
+/// so that HTTP/1 and HTTP/2 set it up the same way.
+struct StopWatch<'a> {
+    wait: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
     fired: Arc<AtomicBool>,
     registered: bool,
     stopped: bool,
 }
 
-impl<'a, F: Future<Output = ()>> StopWatch<'a, F> {
-    fn new(wait: Pin<&'a mut F>, fired: Arc<AtomicBool>) -> Self {
+impl<'a> StopWatch<'a> {
+    fn new(shutdown: &'a mut Shutdown) -> Self {
+        let fired = shutdown.fired.clone();
         StopWatch {
-            wait,
+            // Unconstrained: tokio's task budget could otherwise turn the registering first
+            // poll into a `Pending` that registers nothing, never to be polled again.
+            wait: Box::pin(tokio::task::unconstrained(shutdown.wait())),
             fired,
             registered: false,
             stopped: false,
@@ -252,11 +256,7 @@ async fn serve_http1(
     gauge: &mut ConnectionGauge,
     shutdown: &mut Shutdown,
 ) -> Result<(), ConnError> {
-    let fired = shutdown.fired.clone();
-    // Unconstrained: tokio's task budget could otherwise turn the registering first poll into
-    // a `Pending` that registers nothing, and StopWatch would never poll it again.
-    let wait = pin!(tokio::task::unconstrained(shutdown.wait()));
-    let mut stop = StopWatch::new(wait, fired);
+    let mut stop = StopWatch::new(shutdown);
     let mut stopping = false;
     loop {
         let activity = service.activity.clone();
@@ -325,11 +325,7 @@ async fn serve_http2(
     service: ConnService,
     shutdown: &mut Shutdown,
 ) -> Result<(), ConnError> {
-    let fired = shutdown.fired.clone();
-    // Unconstrained: tokio's task budget could otherwise turn the registering first poll into
-    // a `Pending` that registers nothing, and StopWatch would never poll it again.
-    let wait = pin!(tokio::task::unconstrained(shutdown.wait()));
-    let mut stop = StopWatch::new(wait, fired);
+    let mut stop = StopWatch::new(shutdown);
     let mut stopping = false;
     // Boxed: the rarer, larger HTTP/2 state must not size every connection's task.
     let mut conn = Box::pin(h2.serve_connection(TokioIo::new(io), service));
