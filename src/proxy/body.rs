@@ -6,32 +6,28 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 use crate::server::io::RequestGuard;
 use crate::tee::Tee;
-use crate::upstream::PoolReturn;
+use crate::upstream::UpstreamBody;
 
 /// The upstream's body, streamed, or ficus's own small one; it holds the
 /// connection's [`RequestGuard`] so the request counts as in flight until the
 /// last byte is sent (connection idle timeouts must not cut a streaming response).
 ///
-/// It also carries the upstream connection's [`PoolReturn`]: once the body has
-/// been read to its end, the connection goes back to its pool. When the request is
-/// shadowed, a [`Tee`] keeps a bounded copy for the comparison as the body streams.
+/// The upstream's body puts its connection back in the pool once it has been
+/// read to its end. When the request is shadowed, a [`Tee`] keeps a bounded copy for the comparison as the body streams.
 pub struct ResponseBody {
-    inner: Either<Incoming, Full<Bytes>>,
-    release: Option<PoolReturn>,
+    inner: Either<UpstreamBody, Full<Bytes>>,
     copy: Option<Box<Tee>>,
     _guard: Option<RequestGuard>,
 }
 
 impl ResponseBody {
-    /// An upstream's streamed body, and the way back to the pool for its connection.
-    pub fn upstream(body: Incoming, release: PoolReturn) -> Self {
+    /// An upstream's streamed body.
+    pub fn upstream(body: UpstreamBody) -> Self {
         ResponseBody {
             inner: Either::Left(body),
-            release: Some(release),
             copy: None,
             _guard: None,
         }
@@ -41,7 +37,6 @@ impl ResponseBody {
     pub fn full(body: Full<Bytes>) -> Self {
         ResponseBody {
             inner: Either::Right(body),
-            release: None,
             copy: None,
             _guard: None,
         }
@@ -89,16 +84,9 @@ impl Body for ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         // hyper does not poll a body that is already at its end (HEAD, 204, 304, empty):
-        // the connection is still reusable, and the copy is complete. Anything else
-        // unread means neither is.
-        let ended = self.inner.is_end_stream();
-        if let Some(release) = self.release.take()
-            && ended
-        {
-            release.finish();
-        }
+        // the copy is complete. Anything else unread means it is not.
         if let Some(copy) = &mut self.copy
-            && ended
+            && self.inner.is_end_stream()
         {
             copy.finish();
         }

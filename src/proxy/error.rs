@@ -105,9 +105,12 @@ pub fn from_send_error(error: &SendError) -> ProxyError {
             kind: UpstreamErrorKind::Connect,
             cause,
         },
-        // hyper reports a failure of the body we gave it (the client's) as a user error.
-        SendError::Http(e) if e.is_user() => ProxyError::ClientAborted { cause },
-        SendError::Http(_) => ProxyError::Upstream {
+        SendError::ClientBody(_) => ProxyError::ClientAborted { cause },
+        SendError::Protocol(_)
+        | SendError::Io(_)
+        | SendError::Closed
+        | SendError::Truncated
+        | SendError::BodyLength => ProxyError::Upstream {
             kind: UpstreamErrorKind::Protocol,
             cause,
         },

@@ -27,7 +27,7 @@ use crate::metrics::{BackendMetrics, Metrics, NO_UPSTREAM, UpstreamErrorKind};
 use crate::routing::path;
 use crate::shadow::ShadowRegistry;
 use crate::snapshot::{DEFAULT_ROUTE, Decision, Snapshot};
-use crate::upstream::{PoolReturn, RequestBody};
+use crate::upstream::{RequestBody, UpstreamBody};
 pub use body::ResponseBody;
 use error::ProxyError;
 use headers::X_REQUEST_ID;
@@ -141,12 +141,12 @@ pub async fn handle(
             };
             let result = exchange(&decision, request, peer).await;
             let result = match (result, mirror) {
-                (Ok((response, release)), Some(mirror)) => {
+                (Ok(response), Some(mirror)) => {
                     let copy = mirror.answered(&response, start.elapsed());
-                    Ok((response, release, Some(copy)))
+                    Ok((response, Some(copy)))
                 }
                 // A failed primary drops its mirror: the shadow is cancelled, not compared.
-                (result, _) => result.map(|(response, release)| (response, release, None)),
+                (result, _) => result.map(|response| (response, None)),
             };
             (Some(decision), Some(log_path), result)
         }
@@ -163,8 +163,8 @@ pub async fn handle(
     };
     let path = log_path.as_ref().map_or("", |p| p.as_str());
     let mut response = match result {
-        Ok((response, release, copy)) => response.map(|body| {
-            let body = ResponseBody::upstream(body, release);
+        Ok((response, copy)) => response.map(|body| {
+            let body = ResponseBody::upstream(body);
             match copy {
                 Some(copy) => body.with_copy(copy),
                 None => body,
@@ -307,7 +307,7 @@ async fn exchange(
     decision: &Decision<'_>,
     request: Request<RequestBody>,
     peer: &Peer,
-) -> Result<(Response<Incoming>, PoolReturn), ProxyError> {
+) -> Result<Response<UpstreamBody>, ProxyError> {
     let upstream = &decision.backend.upstream;
     let mut timer = peer.route_timer(tokio::time::Instant::now() + decision.timeout);
     let sent = tokio::select! {
@@ -316,7 +316,7 @@ async fn exchange(
         () = timer.as_mut() => None,
     };
     peer.keep_timer(timer);
-    let (mut response, release) = match sent {
+    let mut response = match sent {
         Some(Ok(exchanged)) => exchanged,
         Some(Err(e)) => return Err(error::from_send_error(&e)),
         None => {
@@ -334,7 +334,7 @@ async fn exchange(
         });
     }
     headers::strip_hop_by_hop(response.headers_mut());
-    Ok((response, release))
+    Ok(response)
 }
 
 /// Cheap handle to the proxy's state, cloned into every connection.

@@ -27,14 +27,13 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{Route, ShadowSpec};
 use crate::metrics::{ShadowMetrics, ShadowOutcome};
 use crate::tee::{Lost, Tee, TeeBody, TeeReceiver};
-use crate::upstream::{RequestBody, SendError, Upstream};
+use crate::upstream::{RequestBody, SendError, Upstream, UpstreamBody};
 use compare::{Noise, Observed};
 use record::{Mismatch, MismatchLog};
 
@@ -246,7 +245,7 @@ struct PrimaryHead {
 impl Mirror {
     /// The primary answered with `response` after `latency`: passes its head on and
     /// returns the tee that copies its body as it streams to the client.
-    pub fn answered(self, response: &Response<Incoming>, latency: Duration) -> Tee {
+    pub fn answered(self, response: &Response<UpstreamBody>, latency: Duration) -> Tee {
         let _ = self.head.send(PrimaryHead {
             status: response.status(),
             headers: response.headers().clone(),
@@ -542,11 +541,11 @@ impl Shadow {
         let started = Instant::now();
         let limit = self.spec.max_body;
         let exchange = async {
-            let (response, release) = pool.send(request).await.map_err(|e| {
+            let response = pool.send(request).await.map_err(|e| {
                 let why = match e {
                     SendError::ConnectTimeout(_) => "shadow connect timed out",
                     SendError::Connect(_) => "shadow connect failed",
-                    SendError::Http(_) => "shadow exchange failed",
+                    _ => "shadow exchange failed",
                 };
                 Ended(ShadowOutcome::Error, why)
             })?;
@@ -562,7 +561,6 @@ impl Shadow {
                     body.extend_from_slice(data);
                 }
             }
-            release.finish();
             Ok(Answer {
                 status: parts.status,
                 headers: parts.headers,

@@ -1,0 +1,445 @@
+//! HTTP/1.1 as ficus speaks it to upstreams: request heads written from
+//! `http::request::Parts`, response heads parsed with httparse, and response
+//! bodies framed per RFC 9112 §6.3. Pure functions over byte buffers; the
+//! connection in [`super::conn`] does the I/O.
+//!
+//! Upstreams are trusted more than clients but not blindly: every length is
+//! bounded, every header value is validated by `http`, and anything ambiguous
+//! (conflicting lengths, chunked over Content-Length) either fails the exchange
+//! or closes the connection after it, so a confused upstream cannot make ficus
+//! read the next response at the wrong place.
+
+use std::io::Write;
+use std::mem::MaybeUninit;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
+};
+use http::request::Parts;
+use http::{Method, StatusCode, Version};
+
+/// Most header lines in a response head (hyper's client allows the same).
+pub const MAX_HEADERS: usize = 100;
+/// Longest response head, status line included.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Longest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Longest trailer section.
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+
+/// What an upstream sent that ficus will not relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The status line or a header line is malformed.
+    #[error("malformed response head: {0}")]
+    Head(&'static str),
+    /// The head is longer than [`MAX_HEAD_BYTES`] or has more than [`MAX_HEADERS`] lines.
+    #[error("response head too large")]
+    HeadTooLarge,
+    /// Content-Length is not one non-negative integer.
+    #[error("invalid or conflicting content-length")]
+    ContentLength,
+    /// Transfer-Encoding in an HTTP/1.0 response.
+    #[error("transfer-encoding in an HTTP/1.0 response")]
+    TransferEncodingOnHttp10,
+    /// A chunk-size line or the CRLF after a chunk is malformed.
+    #[error("malformed chunked body")]
+    Chunk,
+    /// The trailer section is malformed or too long.
+    #[error("malformed trailers")]
+    Trailers,
+}
+
+/// How a request body is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// No body, no framing header.
+    Empty,
+    /// Exactly this many bytes, announced by Content-Length.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+}
+
+/// How ficus frames a request with these headers and this body shape, and whether
+/// it must add the header that says so. ficus's own rewrite leaves at most one of
+/// Content-Length and `Transfer-Encoding: chunked`.
+pub fn request_framing(
+    headers: &HeaderMap,
+    end_stream: bool,
+    exact: Option<u64>,
+) -> (RequestFraming, Option<(HeaderName, HeaderValue)>) {
+    if headers.contains_key(TRANSFER_ENCODING) {
+        return (RequestFraming::Chunked, None);
+    }
+    if let Some(length) = headers.get(CONTENT_LENGTH).and_then(parse_length) {
+        return (RequestFraming::Length(length), None);
+    }
+    match (end_stream, exact) {
+        (true, _) | (false, Some(0)) => (RequestFraming::Empty, None),
+        (false, Some(length)) => (
+            RequestFraming::Length(length),
+            Some((CONTENT_LENGTH, HeaderValue::from(length))),
+        ),
+        (false, None) => (
+            RequestFraming::Chunked,
+            Some((TRANSFER_ENCODING, HeaderValue::from_static("chunked"))),
+        ),
+    }
+}
+
+/// Writes the request line and headers (origin-form target, HTTP/1.1) to `out`.
+pub fn encode_request_head(
+    parts: &Parts,
+    extra: Option<&(HeaderName, HeaderValue)>,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in parts.headers.iter().chain(extra.map(|(n, v)| (n, v))) {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the size line of a chunk of `len` bytes.
+pub fn encode_chunk_size(len: usize, out: &mut Vec<u8>) {
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{len:X}\r\n");
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    /// The status.
+    pub status: StatusCode,
+    /// HTTP/1.0 or HTTP/1.1.
+    pub version: Version,
+    /// The header fields.
+    pub headers: HeaderMap,
+}
+
+/// Where one header line sits in the head: name and value byte ranges.
+#[derive(Clone, Copy, Default)]
+struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// Parses a response head at the start of `buf`. On success the head's bytes are
+/// split off `buf` (header values share them, with no copy); `Ok(None)` means more
+/// bytes are needed.
+pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ProtocolError> {
+    let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut spans = [Span::default(); MAX_HEADERS];
+    let (len, code, version, count) = {
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            buf,
+            &mut lines,
+        );
+        match parsed {
+            Ok(httparse::Status::Complete(len)) => {
+                let base = buf.as_ptr() as usize;
+                for (span, header) in spans.iter_mut().zip(response.headers.iter()) {
+                    // Offsets into `buf`, which httparse only borrowed: the head is
+                    // at most MAX_HEAD_BYTES long, checked below, so they fit in u32.
+                    let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+                    let name = header.name.as_bytes();
+                    span.name = (offset(name), offset(name) + name.len() as u32);
+                    span.value = (
+                        offset(header.value),
+                        offset(header.value) + header.value.len() as u32,
+                    );
+                }
+                (
+                    len,
+                    response.code.unwrap_or(0),
+                    response.version.unwrap_or(1),
+                    response.headers.len(),
+                )
+            }
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+                return Err(ProtocolError::HeadTooLarge);
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(ProtocolError::HeadTooLarge),
+            Err(e) => return Err(ProtocolError::Head(parse_error(e))),
+        }
+    };
+    if len > MAX_HEAD_BYTES {
+        return Err(ProtocolError::HeadTooLarge);
+    }
+    let status = StatusCode::from_u16(code).map_err(|_| ProtocolError::Head("status code"))?;
+    let version = if version == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for span in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[span.name.0 as usize..span.name.1 as usize])
+            .map_err(|_| ProtocolError::Head("header name"))?;
+        let value = HeaderValue::from_maybe_shared(
+            head.slice(span.value.0 as usize..span.value.1 as usize),
+        )
+        .map_err(|_| ProtocolError::Head("header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Some(ResponseHead {
+        status,
+        version,
+        headers,
+    }))
+}
+
+fn parse_error(error: httparse::Error) -> &'static str {
+    match error {
+        httparse::Error::HeaderName => "header name",
+        httparse::Error::HeaderValue => "header value",
+        httparse::Error::NewLine => "line ending",
+        httparse::Error::Status => "status code",
+        httparse::Error::Token => "token",
+        httparse::Error::TooManyHeaders => "too many headers",
+        httparse::Error::Version => "version",
+    }
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFraming {
+    /// Exactly this many bytes (0 for responses that cannot have a body).
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Everything until the upstream closes the connection.
+    Close,
+}
+
+/// How the body of `head`, the answer to a `method` request, is delimited
+/// (RFC 9112 §6.3), and whether the connection may carry another request after it.
+/// Removes a Content-Length that chunked coding overrides, so nobody relays it.
+pub fn response_framing(
+    method: &Method,
+    head: &mut ResponseHead,
+) -> Result<(ResponseFraming, bool), ProtocolError> {
+    let mut reusable = keeps_alive(head);
+    let status = head.status;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        // The connection speaks another protocol from here on.
+        return Ok((ResponseFraming::Length(0), false));
+    }
+    if *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((ResponseFraming::Length(0), reusable));
+    }
+    if head.headers.contains_key(TRANSFER_ENCODING) {
+        if head.version == Version::HTTP_10 {
+            return Err(ProtocolError::TransferEncodingOnHttp10);
+        }
+        if head.headers.remove(CONTENT_LENGTH).is_some() {
+            // Both framings: chunked wins, but the sender is confused (or smuggling).
+            reusable = false;
+        }
+        return Ok(if is_chunked_last(&head.headers) {
+            (ResponseFraming::Chunked, reusable)
+        } else {
+            (ResponseFraming::Close, false)
+        });
+    }
+    let mut lengths = head.headers.get_all(CONTENT_LENGTH).iter().peekable();
+    if lengths.peek().is_none() {
+        return Ok((ResponseFraming::Close, false));
+    }
+    let mut length = None;
+    for value in lengths {
+        let text = value.to_str().map_err(|_| ProtocolError::ContentLength)?;
+        // `Content-Length: 5, 5` is a list of one length (RFC 9110 §8.6).
+        for item in text.split(',') {
+            let parsed =
+                parse_digits(item.trim().as_bytes()).ok_or(ProtocolError::ContentLength)?;
+            if length.is_some_and(|l| l != parsed) {
+                return Err(ProtocolError::ContentLength);
+            }
+            length = Some(parsed);
+        }
+    }
+    let length = length.ok_or(ProtocolError::ContentLength)?;
+    Ok((ResponseFraming::Length(length), reusable))
+}
+
+/// Whether the final transfer coding is chunked (the only one ficus decodes).
+fn is_chunked_last(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
+}
+
+/// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only with `keep-alive`.
+fn keeps_alive(head: &ResponseHead) -> bool {
+    let mut close = false;
+    let mut keep_alive = false;
+    for value in head.headers.get_all(CONNECTION) {
+        for token in value.to_str().unwrap_or("close").split(',') {
+            let token = token.trim();
+            close |= token.eq_ignore_ascii_case("close");
+            keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+        }
+    }
+    !close && (head.version == Version::HTTP_11 || keep_alive)
+}
+
+/// A Content-Length value: one run of ASCII digits that fits in u64.
+fn parse_length(value: &HeaderValue) -> Option<u64> {
+    parse_digits(value.as_bytes())
+}
+
+fn parse_digits(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() || bytes.len() > 19 {
+        return None;
+    }
+    bytes.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
+}
+
+/// What the chunked decoder produced from the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// Body bytes.
+    Data(Bytes),
+    /// The trailer fields, after the last chunk; the body has ended.
+    Trailers(HeaderMap),
+    /// The body has ended.
+    End,
+    /// More bytes are needed.
+    NeedMore,
+}
+
+/// Incremental decoder of a chunked body (RFC 9112 §7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk, with this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF that ends a chunk.
+    DataEnd,
+    /// After the last chunk: trailers or the final CRLF.
+    Trailer,
+    /// The body has ended.
+    Done,
+}
+
+impl Chunked {
+    /// Decodes what it can from the start of `buf`, consuming it.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ProtocolError> {
+        loop {
+            match *self {
+                Chunked::Size => {
+                    if !buf.first().is_some_and(u8::is_ascii_hexdigit) {
+                        if buf.is_empty() {
+                            return Ok(Decoded::NeedMore);
+                        }
+                        return Err(ProtocolError::Chunk);
+                    }
+                    match httparse::parse_chunk_size(buf) {
+                        Ok(httparse::Status::Complete((used, 0))) => {
+                            buf.advance(used);
+                            *self = Chunked::Trailer;
+                        }
+                        Ok(httparse::Status::Complete((used, size))) => {
+                            buf.advance(used);
+                            *self = Chunked::Data(size);
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
+                            return Err(ProtocolError::Chunk);
+                        }
+                        Ok(httparse::Status::Partial) => return Ok(Decoded::NeedMore),
+                        Err(_) => return Err(ProtocolError::Chunk),
+                    }
+                }
+                Chunked::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let rest = left - take as u64;
+                    *self = if rest == 0 {
+                        Chunked::DataEnd
+                    } else {
+                        Chunked::Data(rest)
+                    };
+                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                }
+                Chunked::DataEnd => {
+                    if buf.len() < 2 {
+                        return match buf.first() {
+                            None | Some(b'\r') => Ok(Decoded::NeedMore),
+                            Some(_) => Err(ProtocolError::Chunk),
+                        };
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(ProtocolError::Chunk);
+                    }
+                    buf.advance(2);
+                    *self = Chunked::Size;
+                }
+                Chunked::Trailer => return self.trailer(buf),
+                Chunked::Done => return Ok(Decoded::End),
+            }
+        }
+    }
+
+    fn trailer(&mut self, buf: &mut BytesMut) -> Result<Decoded, ProtocolError> {
+        if buf.starts_with(b"\r\n") {
+            buf.advance(2);
+            *self = Chunked::Done;
+            return Ok(Decoded::End);
+        }
+        if buf.len() < 2 {
+            return Ok(Decoded::NeedMore);
+        }
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        match httparse::parse_headers(buf, &mut fields) {
+            Ok(httparse::Status::Complete((used, fields))) => {
+                let mut trailers = HeaderMap::with_capacity(fields.len());
+                for field in fields {
+                    let name = HeaderName::from_bytes(field.name.as_bytes())
+                        .map_err(|_| ProtocolError::Trailers)?;
+                    let value = HeaderValue::from_bytes(field.value)
+                        .map_err(|_| ProtocolError::Trailers)?;
+                    trailers.append(name, value);
+                }
+                buf.advance(used);
+                *self = Chunked::Done;
+                Ok(Decoded::Trailers(trailers))
+            }
+            Ok(httparse::Status::Partial) if buf.len() > MAX_TRAILER_BYTES => {
+                Err(ProtocolError::Trailers)
+            }
+            Ok(httparse::Status::Partial) => Ok(Decoded::NeedMore),
+            Err(_) => Err(ProtocolError::Trailers),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "codec_tests.rs"]
+mod tests;

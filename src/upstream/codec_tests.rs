@@ -1,0 +1,311 @@
+use super::*;
+
+fn head(text: &str) -> Result<Option<ResponseHead>, ProtocolError> {
+    parse_response_head(&mut BytesMut::from(text.as_bytes()))
+}
+
+fn framing(method: Method, text: &str) -> Result<(ResponseFraming, bool), ProtocolError> {
+    let mut parsed = head(text).expect("parses").expect("complete");
+    response_framing(&method, &mut parsed)
+}
+
+/// Decodes `input` fed in pieces of `step` bytes; returns the body and whether it ended.
+fn dechunk(
+    input: &[u8],
+    step: usize,
+) -> Result<(Vec<u8>, Option<HeaderMap>, BytesMut), ProtocolError> {
+    let mut state = Chunked::Size;
+    let mut buf = BytesMut::new();
+    let mut body = Vec::new();
+    let mut trailers = None;
+    let mut fed = 0;
+    loop {
+        match state.decode(&mut buf)? {
+            Decoded::Data(data) => body.extend_from_slice(&data),
+            Decoded::Trailers(t) => trailers = Some(t),
+            Decoded::End => return Ok((body, trailers, buf)),
+            Decoded::NeedMore if fed < input.len() => {
+                let end = (fed + step).min(input.len());
+                buf.extend_from_slice(&input[fed..end]);
+                fed = end;
+            }
+            Decoded::NeedMore => return Err(ProtocolError::Chunk),
+        }
+    }
+}
+
+#[test]
+fn complete_head_is_split_off_and_the_rest_stays() {
+    let mut buf = BytesMut::from(
+        &b"HTTP/1.1 201 Created\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 2\r\n\r\nhi"[..],
+    );
+    let parsed = parse_response_head(&mut buf).unwrap().unwrap();
+    assert_eq!(parsed.status, StatusCode::CREATED);
+    assert_eq!(parsed.version, Version::HTTP_11);
+    let values: Vec<_> = parsed.headers.get_all("x-a").iter().collect();
+    assert_eq!(values, ["1", "2"]);
+    assert_eq!(&buf[..], b"hi");
+}
+
+#[test]
+fn partial_head_asks_for_more_until_the_limit() {
+    assert!(head("HTTP/1.1 200 OK\r\nX-A: 1\r\n").unwrap().is_none());
+    let long = format!("HTTP/1.1 200 OK\r\nX-A: {}\r\n", "a".repeat(MAX_HEAD_BYTES));
+    assert_eq!(head(&long).unwrap_err(), ProtocolError::HeadTooLarge);
+    let complete_but_long = format!("{long}\r\n");
+    assert_eq!(
+        head(&complete_but_long).unwrap_err(),
+        ProtocolError::HeadTooLarge
+    );
+}
+
+#[test]
+fn too_many_header_lines_are_refused() {
+    let lines: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+    let text = format!("HTTP/1.1 200 OK\r\n{lines}\r\n");
+    assert_eq!(head(&text).unwrap_err(), ProtocolError::HeadTooLarge);
+}
+
+#[test]
+fn malformed_heads_are_refused() {
+    for text in [
+        "HTTX/1.1 200 OK\r\n\r\n",
+        "HTTP/1.1 20 OK\r\n\r\n",
+        "HTTP/2.0 200 OK\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nX-A: b\r\n  c\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nX-A: a\x00b\r\n\r\n",
+        "HTTP/1.1 099 Odd\r\n\r\n",
+    ] {
+        assert!(
+            matches!(head(text), Err(ProtocolError::Head(_))),
+            "{text:?}"
+        );
+    }
+}
+
+type FramingCase = (
+    Method,
+    &'static str,
+    Result<(ResponseFraming, bool), ProtocolError>,
+);
+
+#[test]
+fn framing_follows_rfc_9112_section_6_3() {
+    use ResponseFraming::*;
+    let cases: &[FramingCase] = &[
+        (
+            Method::GET,
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            Ok((Length(5), true)),
+        ),
+        (
+            Method::GET,
+            "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\ncontent-length: 5\r\n\r\n",
+            Ok((Length(5), true)),
+        ),
+        (
+            Method::GET,
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            Err(ProtocolError::ContentLength),
+        ),
+        (
+            Method::GET,
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            Err(ProtocolError::ContentLength),
+        ),
+        (
+            Method::GET,
+            "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            Err(ProtocolError::ContentLength),
+        ),
+        (
+            Method::GET,
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            Err(ProtocolError::ContentLength),
+        ),
+        (
+            Method::GET,
+            "HTTP/1.1 200 OK\r\nContent-Length:\r\n\r\n",
+            Err(ProtocolError::ContentLength),
+        ),
+        (
+            Method::GET,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Ok((Chunked, true)),
+        ),
+        (
+            Method::GET,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
+            Ok((Chunked, true)),
+        ),
+        (
+            Method::GET,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            Ok((Close, false)),
+        ),
+        (
+            Method::GET,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            Ok((Chunked, false)),
+        ),
+        (
+            Method::GET,
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Err(ProtocolError::TransferEncodingOnHttp10),
+        ),
+        (Method::GET, "HTTP/1.1 200 OK\r\n\r\n", Ok((Close, false))),
+        (
+            Method::GET,
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+            Ok((Length(1), false)),
+        ),
+        (
+            Method::GET,
+            "HTTP/1.1 200 OK\r\nConnection: Keep-Alive, CLOSE\r\nContent-Length: 1\r\n\r\n",
+            Ok((Length(1), false)),
+        ),
+        (
+            Method::GET,
+            "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
+            Ok((Length(1), false)),
+        ),
+        (
+            Method::GET,
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n",
+            Ok((Length(1), true)),
+        ),
+        (
+            Method::HEAD,
+            "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+            Ok((Length(0), true)),
+        ),
+        (
+            Method::HEAD,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Ok((Length(0), true)),
+        ),
+        (
+            Method::GET,
+            "HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n",
+            Ok((Length(0), true)),
+        ),
+        (
+            Method::GET,
+            "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Ok((Length(0), true)),
+        ),
+        (
+            Method::GET,
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            Ok((Length(0), false)),
+        ),
+    ];
+    for (method, text, expected) in cases {
+        assert_eq!(
+            &framing(method.clone(), text),
+            expected,
+            "{method} {text:?}"
+        );
+    }
+}
+
+#[test]
+fn chunked_over_content_length_drops_the_length() {
+    let mut parsed =
+        head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n")
+            .unwrap()
+            .unwrap();
+    response_framing(&Method::GET, &mut parsed).unwrap();
+    assert!(!parsed.headers.contains_key(CONTENT_LENGTH));
+}
+
+#[test]
+fn chunked_bodies_decode_whatever_the_read_sizes() {
+    let input = b"5;name=value\r\nhello\r\n1\r\n \r\n10\r\n0123456789abcdef\r\n0\r\n\r\nNEXT";
+    for step in [1, 2, 3, 7, input.len()] {
+        let (body, trailers, rest) = dechunk(input, step).unwrap();
+        assert_eq!(body, b"hello 0123456789abcdef", "step {step}");
+        assert!(trailers.is_none());
+        // What follows the body stays for the caller (who then will not reuse the connection).
+        assert!(b"NEXT".starts_with(&rest), "step {step}: {rest:?}");
+    }
+}
+
+#[test]
+fn chunked_trailers_are_returned() {
+    let input = b"2\r\nok\r\n0\r\nX-Checksum: 42\r\nX-Other: a\r\n\r\n";
+    for step in [1, 4, input.len()] {
+        let (body, trailers, rest) = dechunk(input, step).unwrap();
+        assert_eq!(body, b"ok");
+        let trailers = trailers.expect("trailers");
+        assert_eq!(trailers["x-checksum"], "42");
+        assert_eq!(trailers["x-other"], "a");
+        assert!(rest.is_empty());
+    }
+}
+
+#[test]
+fn malformed_chunked_bodies_are_refused() {
+    for input in [
+        &b"zz\r\nhello\r\n"[..],
+        b"\r\n",
+        b"5\r\nhelloXX0\r\n\r\n",
+        b"5\nhello\r\n0\r\n\r\n",
+        b"-5\r\nhello\r\n",
+        b"11111111111111111\r\n",
+        b"0\r\nBad Trailer\r\n\r\n",
+    ] {
+        assert!(dechunk(input, 1).is_err(), "{input:?}");
+        assert!(dechunk(input, input.len()).is_err(), "{input:?}");
+    }
+    let endless_extension = [&b"5;"[..], &[b'a'; MAX_CHUNK_LINE + 1]].concat();
+    assert_eq!(
+        dechunk(&endless_extension, 1024).unwrap_err(),
+        ProtocolError::Chunk
+    );
+}
+
+#[test]
+fn request_framing_comes_from_the_headers_or_the_body() {
+    use RequestFraming::*;
+    let mut headers = HeaderMap::new();
+    assert_eq!(request_framing(&headers, true, Some(0)), (Empty, None));
+    assert_eq!(request_framing(&headers, false, Some(0)), (Empty, None));
+    let (framing, extra) = request_framing(&headers, false, Some(12));
+    assert_eq!(framing, Length(12));
+    assert_eq!(extra, Some((CONTENT_LENGTH, HeaderValue::from(12u64))));
+    let (framing, extra) = request_framing(&headers, false, None);
+    assert_eq!(framing, Chunked);
+    assert_eq!(
+        extra,
+        Some((TRANSFER_ENCODING, HeaderValue::from_static("chunked")))
+    );
+    headers.insert(CONTENT_LENGTH, HeaderValue::from_static("7"));
+    assert_eq!(request_framing(&headers, false, Some(7)), (Length(7), None));
+    headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    assert_eq!(request_framing(&headers, false, None), (Chunked, None));
+}
+
+#[test]
+fn request_head_is_written_in_origin_form() {
+    let (mut parts, ()) = http::Request::builder()
+        .method(Method::POST)
+        .uri("/a/b?c=d")
+        .header("host", "example.com")
+        .header("x-a", "1")
+        .body(())
+        .unwrap()
+        .into_parts();
+    parts.headers.append("x-a", HeaderValue::from_static("2"));
+    let mut out = Vec::new();
+    let extra = (CONTENT_LENGTH, HeaderValue::from(3u64));
+    encode_request_head(&parts, Some(&extra), &mut out);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "POST /a/b?c=d HTTP/1.1\r\nhost: example.com\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 3\r\n\r\n"
+    );
+    let mut line = Vec::new();
+    encode_chunk_size(255, &mut line);
+    assert_eq!(line, b"FF\r\n");
+}

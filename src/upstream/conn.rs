@@ -1,0 +1,479 @@
+//! One HTTP/1.1 connection to an upstream, driven by the task of the request
+//! using it: no connection task, no channels. The request future writes the head
+//! and body and reads the response head; the response body ([`UpstreamBody`])
+//! reads the rest (and finishes an upload the upstream answered early), then puts
+//! the connection back in its pool.
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+
+use super::codec::{self, Chunked, Decoded, RequestFraming, ResponseFraming, ResponseHead};
+use super::{EndpointPool, RequestBody, SendError};
+
+/// First read buffer of a connection; reads grow it up to [`MAX_READ`] while they fill it.
+const FIRST_READ: usize = 8 * 1024;
+/// Largest read: bounds what one connection buffers from a fast upstream.
+const MAX_READ: usize = 64 * 1024;
+
+/// An open connection to an upstream endpoint.
+pub struct Connection {
+    io: TcpStream,
+    /// Bytes read and not yet consumed.
+    read: BytesMut,
+    /// How much the next read asks for.
+    read_size: usize,
+    /// Bytes queued for the upstream: a head or chunk-size line, from `out_pos` on...
+    out: Vec<u8>,
+    out_pos: usize,
+    /// ...then body bytes...
+    data: Bytes,
+    /// ...then a chunk's or the body's closing CRLFs.
+    suffix: &'static [u8],
+    /// Whether it has carried an exchange before (a pooled connection).
+    pub(super) reused: bool,
+}
+
+impl Connection {
+    /// Connects to `addr` within `timeout`.
+    pub async fn open(addr: &str, timeout: Duration) -> Result<Connection, SendError> {
+        let io = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| SendError::ConnectTimeout(timeout))?
+            .map_err(SendError::Connect)?;
+        let _ = io.set_nodelay(true);
+        Ok(Connection {
+            io,
+            read: BytesMut::new(),
+            read_size: FIRST_READ,
+            out: Vec::new(),
+            out_pos: 0,
+            data: Bytes::new(),
+            suffix: b"",
+            reused: false,
+        })
+    }
+
+    /// Whether an idle connection is still open. Costs no system call unless the
+    /// socket has signalled something since its last read (tokio clears readiness
+    /// on a short read): then a peek tells a close, or stray bytes, from nothing.
+    pub async fn is_open(&mut self) -> bool {
+        poll_fn(|cx| {
+            Poll::Ready(match self.io.poll_read_ready(cx) {
+                Poll::Pending => true,
+                Poll::Ready(Err(_)) => false,
+                Poll::Ready(Ok(())) => {
+                    let mut byte = [0u8; 1];
+                    matches!(self.io.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                }
+            })
+        })
+        .await
+    }
+
+    /// Queues the request head for writing.
+    fn queue_head(&mut self, parts: &Parts, extra: Option<&(HeaderName, HeaderValue)>) {
+        self.out.clear();
+        self.out_pos = 0;
+        codec::encode_request_head(parts, extra, &mut self.out);
+    }
+
+    /// Queues one piece of the request body, framed.
+    fn queue_data(&mut self, framing: RequestFraming, data: Bytes) {
+        if framing == RequestFraming::Chunked {
+            self.out.clear();
+            self.out_pos = 0;
+            codec::encode_chunk_size(data.len(), &mut self.out);
+            self.suffix = b"\r\n";
+        }
+        self.data = data;
+    }
+
+    /// Writes what is queued, in as few system calls as the socket allows.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let head = &self.out[self.out_pos..];
+            if head.is_empty() && self.data.is_empty() && self.suffix.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let slices = [
+                IoSlice::new(head),
+                IoSlice::new(&self.data),
+                IoSlice::new(self.suffix),
+            ];
+            let mut n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let from_head = n.min(head.len());
+            self.out_pos += from_head;
+            n -= from_head;
+            let from_data = n.min(self.data.len());
+            self.data.advance(from_data);
+            n -= from_data;
+            self.suffix = &self.suffix[n.min(self.suffix.len())..];
+        }
+    }
+
+    /// Reads more of the response into the buffer; `Ok(0)` is the upstream closing.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < self.read_size / 2 {
+            self.read.reserve(self.read_size);
+        }
+        let spare = self.read.capacity() - self.read.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.read
+        ))?;
+        if n == spare && self.read_size < MAX_READ {
+            // A fast upstream: fewer, larger reads.
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Waits for the final response head, skipping interim (1xx) ones.
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<ResponseHead, SendError>> {
+        loop {
+            if !self.read.is_empty()
+                && let Some(head) = codec::parse_response_head(&mut self.read)?
+            {
+                if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS
+                {
+                    continue;
+                }
+                return Poll::Ready(Ok(head));
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) if self.read.is_empty() => return Poll::Ready(Err(SendError::Closed)),
+                Ok(0) => return Poll::Ready(Err(SendError::Truncated)),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(SendError::Io(e))),
+            }
+        }
+    }
+}
+
+/// The request body on its way to the upstream.
+pub struct RequestWriter {
+    body: Option<RequestBody>,
+    framing: RequestFraming,
+    /// Bytes still to send for a Content-Length body.
+    left: u64,
+}
+
+impl RequestWriter {
+    /// Writes `body` with `framing`.
+    pub fn new(body: RequestBody, framing: RequestFraming) -> Self {
+        let left = match framing {
+            RequestFraming::Length(n) => n,
+            _ => 0,
+        };
+        let body = (framing != RequestFraming::Empty).then_some(body);
+        RequestWriter {
+            body,
+            framing,
+            left,
+        }
+    }
+
+    /// Sends the queued bytes and the rest of the body, as fast as the client
+    /// sends it and the upstream takes it.
+    fn poll_write(
+        &mut self,
+        conn: &mut Connection,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SendError>> {
+        loop {
+            ready!(conn.poll_flush(cx)).map_err(SendError::Io)?;
+            let Some(body) = self.body.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match ready!(Pin::new(body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    // Request trailers are dropped: HTTP/1 upstreams rarely accept them.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if self.framing != RequestFraming::Chunked {
+                        let len = data.len() as u64;
+                        if len > self.left {
+                            return Poll::Ready(Err(SendError::BodyLength));
+                        }
+                        self.left -= len;
+                    }
+                    conn.queue_data(self.framing, data);
+                }
+                Some(Err(e)) => return Poll::Ready(Err(SendError::ClientBody(e))),
+                None => {
+                    self.body = None;
+                    match self.framing {
+                        RequestFraming::Chunked => conn.suffix = b"0\r\n\r\n",
+                        RequestFraming::Length(_) if self.left != 0 => {
+                            return Poll::Ready(Err(SendError::BodyLength));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends the head queued from `parts`, then the body, and waits for the response
+/// head. An upstream may answer before the upload ends; `writer` then still has
+/// work, which the response body finishes.
+pub async fn exchange(
+    conn: &mut Connection,
+    parts: &Parts,
+    extra: Option<&(HeaderName, HeaderValue)>,
+    writer: &mut Option<RequestWriter>,
+) -> Result<ResponseHead, SendError> {
+    conn.queue_head(parts, extra);
+    let mut write_failed = None;
+    poll_fn(|cx| {
+        if let Some(w) = writer.as_mut() {
+            match w.poll_write(conn, cx) {
+                Poll::Ready(Ok(())) => *writer = None,
+                Poll::Ready(Err(SendError::Io(e))) => {
+                    // The upstream may have answered and closed (a 413, say): read on.
+                    *writer = None;
+                    write_failed = Some(e);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        match ready!(conn.poll_head(cx)) {
+            Err(SendError::Closed) if write_failed.is_some() => Poll::Ready(Err(SendError::Io(
+                write_failed
+                    .take()
+                    .unwrap_or_else(|| io::ErrorKind::BrokenPipe.into()),
+            ))),
+            polled => Poll::Ready(polled),
+        }
+    })
+    .await
+}
+
+/// What is left of a response body to read.
+#[derive(Debug, Clone, Copy)]
+enum Remaining {
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+    Done,
+}
+
+/// A response body streamed from an upstream connection. Once read to its end,
+/// the connection goes back to its pool if it can carry another exchange;
+/// dropped earlier, the connection is closed.
+pub struct UpstreamBody {
+    conn: Option<Connection>,
+    /// An upload the upstream answered before it ended.
+    writer: Option<RequestWriter>,
+    remaining: Remaining,
+    reusable: bool,
+    pool: Option<Arc<EndpointPool>>,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("remaining", &self.remaining)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamBody {
+    /// The body of `head` on `conn`, answering a `method` request. A body that is
+    /// already complete gives the connection back at once.
+    pub(super) fn new(
+        conn: Connection,
+        writer: Option<RequestWriter>,
+        method: &Method,
+        head: &mut ResponseHead,
+        pool: &Arc<EndpointPool>,
+    ) -> Result<Self, SendError> {
+        let (framing, reusable) = codec::response_framing(method, head)?;
+        let remaining = match framing {
+            ResponseFraming::Length(0) => Remaining::Done,
+            ResponseFraming::Length(n) => Remaining::Length(n),
+            ResponseFraming::Chunked => Remaining::Chunked(Chunked::Size),
+            ResponseFraming::Close => Remaining::UntilClose,
+        };
+        let mut body = UpstreamBody {
+            conn: Some(conn),
+            writer,
+            remaining,
+            reusable,
+            pool: None,
+        };
+        if matches!(remaining, Remaining::Done) {
+            body.finish(pool);
+        } else {
+            body.pool = Some(pool.clone());
+        }
+        Ok(body)
+    }
+
+    /// The body has ended: the connection goes back to its pool if nothing about
+    /// the exchange makes it unsafe to reuse.
+    fn finish(&mut self, pool: &Arc<EndpointPool>) {
+        self.remaining = Remaining::Done;
+        if let Some(mut conn) = self.conn.take()
+            && self.reusable
+            // An upload still going (the upstream answered early) or bytes past the
+            // response's end leave the connection in an unknown state.
+            && self.writer.is_none()
+            && conn.read.is_empty()
+        {
+            conn.reused = true;
+            pool.checkin(conn);
+        }
+        self.writer = None;
+    }
+
+    fn decode(&mut self) -> Result<Decoded, SendError> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(Decoded::End);
+        };
+        match &mut self.remaining {
+            Remaining::Done => Ok(Decoded::End),
+            Remaining::Length(left) => {
+                if conn.read.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let take = usize::try_from(*left)
+                    .unwrap_or(usize::MAX)
+                    .min(conn.read.len());
+                *left -= take as u64;
+                Ok(Decoded::Data(conn.read.split_to(take).freeze()))
+            }
+            Remaining::Chunked(state) => Ok(state.decode(&mut conn.read)?),
+            Remaining::UntilClose => {
+                if conn.read.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                Ok(Decoded::Data(conn.read.split().freeze()))
+            }
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = SendError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, SendError>>> {
+        let this = self.get_mut();
+        if let (Some(writer), Some(conn)) = (this.writer.as_mut(), this.conn.as_mut()) {
+            match writer.poll_write(conn, cx) {
+                Poll::Ready(Ok(())) => this.writer = None,
+                Poll::Ready(Err(_)) => {
+                    this.writer = None;
+                    this.reusable = false;
+                }
+                Poll::Pending => {}
+            }
+        }
+        loop {
+            let decoded = match this.decode() {
+                Ok(decoded) => decoded,
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            };
+            match decoded {
+                Decoded::Data(data) => {
+                    if matches!(this.remaining, Remaining::Length(0)) {
+                        this.end();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Decoded::Trailers(trailers) => {
+                    this.end();
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                Decoded::End => {
+                    this.end();
+                    return Poll::Ready(None);
+                }
+                Decoded::NeedMore => {}
+            }
+            // Invariant: decode() answers End when the connection is gone.
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if matches!(this.remaining, Remaining::UntilClose) => {
+                    this.reusable = false;
+                    this.end();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(SendError::Truncated)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(SendError::Io(e))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.remaining, Remaining::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Remaining::Done => SizeHint::with_exact(0),
+            Remaining::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl UpstreamBody {
+    fn end(&mut self) {
+        match self.pool.take() {
+            Some(pool) => self.finish(&pool),
+            None => {
+                self.remaining = Remaining::Done;
+                self.conn = None;
+            }
+        }
+    }
+}
+
+/// Builds the response the proxy relays. It carries ficus's own HTTP version, not the
+/// upstream's (RFC 9110 §2.5): an HTTP/1.0 upstream must not turn the client's
+/// keep-alive connection into one that closes after each answer.
+pub(super) fn response(head: ResponseHead, body: UpstreamBody) -> Response<UpstreamBody> {
+    let mut response = Response::new(body);
+    *response.status_mut() = head.status;
+    *response.headers_mut() = head.headers;
+    response
+}
