@@ -1212,3 +1212,68 @@ async fn get_without_a_body_reaches_the_upstream_without_framing_headers() {
     assert_eq!(targets, ["GET /first HTTP/1.1", "GET /second HTTP/1.1"]);
     assert_eq!(upstream.accepted(), 1);
 }
+
+/// A keep-alive answer, then the upstream closes: the race behind Node's 5 s keep-alive,
+/// on every request. ficus sees the close before reusing the connection, or retries the
+/// GET on a fresh one; the client never sees it.
+#[tokio::test]
+async fn upstream_closing_each_connection_right_after_answering_never_fails_a_get() {
+    let upstream = RawUpstream::always(OK, Then::Close).await;
+    let proxy = TestProxy::start(&upstream.table()).await;
+    let mut client = Client::connect(&proxy).await;
+
+    for i in 0..50 {
+        let reply = client.call("GET", &format!("/{i}")).await;
+        assert_eq!(reply.status(), 200, "request {i}: {reply:?}");
+        assert!(reply.body.complete(), "request {i}: {reply:?}");
+    }
+    assert_eq!(proxy.metric(PROTOCOL_ERRORS).await, 0.0);
+}
+
+/// An upstream that closes a reused connection on the request it just read: a GET is
+/// sent again on a fresh connection, a POST is not (it may have been acted on).
+#[tokio::test]
+async fn only_idempotent_requests_are_retried_after_a_reused_connection_closes() {
+    let seen = Mutex::new(std::collections::HashMap::<usize, usize>::new());
+    let upstream = RawUpstream::with(move |request| {
+        let mut seen = seen.lock().unwrap();
+        let nth = seen.entry(request.connection).or_default();
+        *nth += 1;
+        match *nth {
+            // The second request on each connection is read, then dropped unanswered.
+            2 => Script {
+                pieces: Vec::new(),
+                then: Then::Close,
+            },
+            _ => Script::bytes(OK, Then::KeepOpen),
+        }
+    })
+    .await;
+    let proxy = TestProxy::start(&upstream.table()).await;
+    let mut client = Client::connect(&proxy).await;
+
+    assert_eq!(client.call("GET", "/warm-1").await.status(), 200);
+    let post = b"POST /post HTTP/1.1\r\nHost: ficus.test\r\nContent-Length: 1\r\n\r\nx";
+    let reply = client.exchange(post, "POST").await.expect("an answer");
+    assert_upstream_protocol(&reply, "POST on a connection closed under it");
+    let mut client = Client::connect(&proxy).await;
+    assert_eq!(client.call("GET", "/warm-2").await.status(), 200);
+    let reply = client.call("GET", "/get").await;
+    assert_eq!(reply.status(), 200, "{reply:?}");
+
+    let paths: Vec<(String, usize)> = upstream
+        .requests()
+        .iter()
+        .map(|r| (r.path().to_owned(), r.connection))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("/warm-1".to_owned(), 1),
+            ("/post".to_owned(), 1),
+            ("/warm-2".to_owned(), 2),
+            ("/get".to_owned(), 2),
+            ("/get".to_owned(), 3),
+        ]
+    );
+}
