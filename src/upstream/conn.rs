@@ -68,18 +68,15 @@ impl Connection {
     /// Whether an idle connection is still open. Costs no system call unless the
     /// socket has signalled something since its last read (tokio clears readiness
     /// on a short read): then a peek tells a close, or stray bytes, from nothing.
-    pub async fn is_open(&mut self) -> bool {
-        poll_fn(|cx| {
-            Poll::Ready(match self.io.poll_read_ready(cx) {
-                Poll::Pending => true,
-                Poll::Ready(Err(_)) => false,
-                Poll::Ready(Ok(())) => {
-                    let mut byte = [0u8; 1];
-                    matches!(self.io.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-                }
-            })
-        })
-        .await
+    pub fn is_open(&mut self, cx: &mut Context<'_>) -> bool {
+        match self.io.poll_read_ready(cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut byte = [0u8; 1];
+                matches!(self.io.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
     }
 
     /// Queues the request head for writing.

@@ -24,6 +24,7 @@
 mod codec;
 mod conn;
 
+use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,7 +32,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HOST, HeaderValue};
+use http::header::{HOST, HeaderName, HeaderValue};
+use http::request::Parts;
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -39,7 +41,7 @@ use hyper::body::Incoming;
 use crate::config::{Endpoint, UpstreamSpec};
 use crate::tee::TeeBody;
 pub use codec::ProtocolError;
-use codec::RequestFraming;
+use codec::{RequestFraming, ResponseHead};
 pub use conn::UpstreamBody;
 use conn::{Connection, RequestWriter};
 
@@ -200,25 +202,40 @@ impl Upstream {
             _ => None,
         };
         let mut writer = Some(RequestWriter::new(body, framing));
-        let mut conn = match pool.checkout().await {
+        let pooled = poll_fn(|cx| Poll::Ready(pool.checkout(cx))).await;
+        let mut conn = match pooled {
             Some(conn) => conn,
-            None => pool.connect().await?,
+            // Boxed, like the retry below: rare paths should not grow every request's future.
+            None => Box::pin(pool.connect()).await?,
         };
-        let mut head = match conn::exchange(&mut conn, &parts, extra.as_ref(), &mut writer).await {
-            Err(SendError::Closed | SendError::Io(_)) if conn.reused && replay.is_some() => {
+        let exchanged = conn::exchange(&mut conn, &parts, extra.as_ref(), &mut writer).await;
+        let mut head = match (exchanged, replay) {
+            (Err(SendError::Closed | SendError::Io(_)), Some(replay)) if conn.reused => {
                 // The upstream closed its idle connection as ficus reused it: nothing
                 // was answered, and the request is safe to send again.
-                let mut fresh = pool.connect().await?;
-                writer = replay.map(|body| RequestWriter::new(body, framing));
-                let head = conn::exchange(&mut fresh, &parts, extra.as_ref(), &mut writer).await?;
+                writer = Some(RequestWriter::new(replay, framing));
+                let (fresh, head) =
+                    Box::pin(resend(pool, &parts, extra.as_ref(), &mut writer)).await?;
                 conn = fresh;
                 head
             }
-            result => result?,
+            (result, _) => result?,
         };
         let body = UpstreamBody::new(conn, writer, &parts.method, &mut head, pool)?;
         Ok(conn::response(head, body))
     }
+}
+
+/// Sends a request again, on a new connection.
+async fn resend(
+    pool: &EndpointPool,
+    parts: &Parts,
+    extra: Option<&(HeaderName, HeaderValue)>,
+    writer: &mut Option<RequestWriter>,
+) -> Result<(Connection, ResponseHead), SendError> {
+    let mut conn = pool.connect().await?;
+    let head = conn::exchange(&mut conn, parts, extra, writer).await?;
+    Ok((conn, head))
 }
 
 /// Methods RFC 9110 §9.2.2 lets a client repeat without changing the outcome.
@@ -258,7 +275,7 @@ impl EndpointPool {
     /// The most recently used idle connection that is still open and younger than
     /// the idle timeout. Closed ones are dropped on the way; once one is too old,
     /// so are all below it.
-    async fn checkout(&self) -> Option<Connection> {
+    fn checkout(&self, cx: &mut Context<'_>) -> Option<Connection> {
         loop {
             let idle = self.idle.lock().ok()?.pop()?;
             if Instant::now().saturating_duration_since(idle.since) >= self.idle_timeout {
@@ -268,7 +285,7 @@ impl EndpointPool {
                 return None;
             }
             let mut conn = idle.conn;
-            if conn.is_open().await {
+            if conn.is_open(cx) {
                 return Some(conn);
             }
         }
