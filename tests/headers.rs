@@ -435,3 +435,36 @@ async fn http2_authority_wins_over_a_differing_host_header() {
         ["shop.example.com"]
     );
 }
+
+/// HTTP/2 clients send each cookie as a field of its own; an HTTP/1.1 upstream must get
+/// them joined on one line (RFC 9113 §8.2.3), or many servers read only the first.
+#[tokio::test]
+async fn http2_cookie_fields_reach_the_http1_upstream_on_one_line() {
+    let legacy = Backend::start("legacy").await;
+    let proxy = proxy_to(&legacy).await;
+    let stream = TcpStream::connect(proxy.running.proxy_addr)
+        .await
+        .expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c prior-knowledge handshake");
+    tokio::spawn(connection);
+
+    let request = Request::get("http://shop.example.com/h2")
+        .header("cookie", "session=abc")
+        .header("cookie", "theme=dark")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = tokio::time::timeout(EVENT_TIMEOUT, sender.send_request(request))
+        .await
+        .expect("response in time")
+        .expect("response");
+
+    assert_eq!(response.status(), StatusCode::OK);
+    let recorded = &legacy.requests()[0];
+    assert_eq!(
+        received(&recorded.headers, "cookie"),
+        ["session=abc; theme=dark"]
+    );
+}

@@ -1277,3 +1277,98 @@ async fn only_idempotent_requests_are_retried_after_a_reused_connection_closes()
         ]
     );
 }
+
+/// Once any byte of an answer has arrived (part of a head, or a whole interim 1xx), the
+/// upstream has seen the request: a close then is a 502, never a second attempt.
+#[tokio::test]
+async fn a_request_the_upstream_began_to_answer_is_never_sent_again() {
+    for (case, answer) in [
+        ("half a head", &b"HTTP/1.1 200 OK\r\nContent-Le"[..]),
+        ("an interim answer", b"HTTP/1.1 102 Processing\r\n\r\n"),
+    ] {
+        let seen = Mutex::new(std::collections::HashMap::<usize, usize>::new());
+        let upstream = RawUpstream::with(move |request| {
+            let mut seen = seen.lock().unwrap();
+            let nth = seen.entry(request.connection).or_default();
+            *nth += 1;
+            match *nth {
+                2 => Script::bytes(answer, Then::Close),
+                _ => Script::bytes(OK, Then::KeepOpen),
+            }
+        })
+        .await;
+        let proxy = TestProxy::start(&upstream.table()).await;
+        let mut client = Client::connect(&proxy).await;
+
+        assert_eq!(client.call("GET", "/warm").await.status(), 200, "{case}");
+        let reply = client.try_call("GET", "/get").await;
+        let mut client = Client::connect(&proxy).await;
+        let reply = match reply {
+            Some(reply) => reply,
+            // ficus may close the client's connection after a 502; ask again to be sure
+            // nothing else happened.
+            None => client.call("GET", "/probe").await,
+        };
+        assert_upstream_protocol(&reply, case);
+        let gets = upstream
+            .requests()
+            .iter()
+            .filter(|r| r.path() == "/get")
+            .count();
+        assert_eq!(gets, 1, "{case}: the upstream saw the request once");
+    }
+}
+
+/// An upstream may answer an upload before reading it (a 401, a 413) and then read it
+/// anyway. The client, still sending, must be able to finish and read the answer.
+#[tokio::test]
+async fn an_upload_answered_early_still_reaches_the_upstream_whole() {
+    const SIZE: usize = 4 * 1024 * 1024;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (drained_tx, drained) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut wire = Wire::new(stream);
+        let head = Head::parse(&wire.raw_head(MAX_REQUEST_HEAD).await.expect("head"));
+        assert!(
+            wire.send(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\n\r\nnope")
+                .await
+        );
+        let body = wire.body(request_framing(&head)).await;
+        let _ = drained_tx.send((body.bytes.len(), body.complete()));
+    });
+    let table =
+        format!("default = \"legacy\"\n[upstreams.legacy]\nendpoints = [\"http://{addr}\"]\n");
+    let proxy = TestProxy::start(&table).await;
+
+    let mut request = format!(
+        "POST /upload HTTP/1.1\r\nHost: shop.example.com\r\nContent-Length: {SIZE}\r\n\r\n"
+    )
+    .into_bytes();
+    request.extend_from_slice(&pattern(SIZE, 9));
+    let mut client = Client::connect(&proxy).await;
+    let reply = client.exchange(&request, "POST").await.expect("an answer");
+
+    assert_eq!(reply.status(), 401, "{reply:?}");
+    assert_eq!(reply.text(), "nope");
+    let (received, complete) = tokio::time::timeout(EVENT_TIMEOUT, drained)
+        .await
+        .expect("upload drained in time")
+        .expect("upstream task");
+    assert_eq!((received, complete), (SIZE, true));
+}
+
+#[tokio::test]
+async fn an_unusual_reason_phrase_reaches_the_client() {
+    let upstream = RawUpstream::always(
+        "HTTP/1.1 403 Token Expired\r\nContent-Length: 2\r\n\r\nno",
+        Then::KeepOpen,
+    )
+    .await;
+    let proxy = TestProxy::start(&upstream.table()).await;
+
+    let reply = get(&proxy, "/reason").await;
+
+    assert_eq!(reply.head.line, "HTTP/1.1 403 Token Expired");
+}

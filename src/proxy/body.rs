@@ -64,7 +64,13 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &mut polled
+            && let Some(trailers) = frame.trailers_mut()
+        {
+            // Connection-specific fields make HTTP/2 clients reset the stream.
+            crate::proxy::headers::strip_hop_by_hop(trailers);
+        }
         if let Some(copy) = &mut this.copy {
             let inner = &this.inner;
             copy.follow(&polled, || inner.is_end_stream());

@@ -14,7 +14,7 @@ use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
+    CONNECTION, CONTENT_LENGTH, COOKIE, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
 };
 use http::request::Parts;
 use http::{Method, StatusCode, Version};
@@ -64,19 +64,22 @@ pub enum RequestFraming {
 
 /// How ficus frames a request with these headers and this body shape, and whether
 /// it must add the header that says so. ficus's own rewrite leaves at most one of
-/// Content-Length and `Transfer-Encoding: chunked`.
+/// Content-Length and `Transfer-Encoding: chunked`; should both be present,
+/// Content-Length is removed, so the upstream never sees two framings.
 pub fn request_framing(
-    headers: &HeaderMap,
+    headers: &mut HeaderMap,
     end_stream: bool,
     exact: Option<u64>,
-) -> (RequestFraming, Option<(HeaderName, HeaderValue)>) {
+) -> Result<(RequestFraming, Option<(HeaderName, HeaderValue)>), InvalidLength> {
     if headers.contains_key(TRANSFER_ENCODING) {
-        return (RequestFraming::Chunked, None);
+        headers.remove(CONTENT_LENGTH);
+        return Ok((RequestFraming::Chunked, None));
     }
-    if let Some(length) = headers.get(CONTENT_LENGTH).and_then(parse_length) {
-        return (RequestFraming::Length(length), None);
+    if let Some(value) = headers.get(CONTENT_LENGTH) {
+        let length = parse_length(value).ok_or(InvalidLength)?;
+        return Ok((RequestFraming::Length(length), None));
     }
-    match (end_stream, exact) {
+    Ok(match (end_stream, exact) {
         (true, _) | (false, Some(0)) => (RequestFraming::Empty, None),
         (false, Some(length)) => (
             RequestFraming::Length(length),
@@ -86,8 +89,12 @@ pub fn request_framing(
             RequestFraming::Chunked,
             Some((TRANSFER_ENCODING, HeaderValue::from_static("chunked"))),
         ),
-    }
+    })
 }
+
+/// A request's Content-Length is not one non-negative integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidLength;
 
 /// Writes the request line and headers (origin-form target, HTTP/1.1) to `out`.
 pub fn encode_request_head(
@@ -100,7 +107,24 @@ pub fn encode_request_head(
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut cookies_written = false;
     for (name, value) in parts.headers.iter().chain(extra.map(|(n, v)| (n, v))) {
+        if name == COOKIE {
+            // HTTP/2 clients send each cookie as a field of its own; HTTP/1.1 wants
+            // them on one line (RFC 9113 §8.2.3).
+            if !cookies_written {
+                cookies_written = true;
+                out.extend_from_slice(b"cookie: ");
+                for (i, cookie) in parts.headers.get_all(COOKIE).iter().enumerate() {
+                    if i > 0 {
+                        out.extend_from_slice(b"; ");
+                    }
+                    out.extend_from_slice(cookie.as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -120,6 +144,8 @@ pub fn encode_chunk_size(len: usize, out: &mut Vec<u8>) {
 pub struct ResponseHead {
     /// The status.
     pub status: StatusCode,
+    /// The reason phrase, when it is not the status's usual one (`403 Token Expired`).
+    pub reason: Option<Bytes>,
     /// HTTP/1.0 or HTTP/1.1.
     pub version: Version,
     /// The header fields.
@@ -139,7 +165,7 @@ struct Span {
 pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ProtocolError> {
     let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut spans = [Span::default(); MAX_HEADERS];
-    let (len, code, version, count) = {
+    let (len, code, version, count, reason) = {
         let mut response = httparse::Response::new(&mut []);
         let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
             &mut response,
@@ -160,11 +186,21 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, P
                         offset(header.value) + header.value.len() as u32,
                     );
                 }
+                let reason = response.reason.unwrap_or("");
+                let code = response.code.unwrap_or(0);
+                let usual = StatusCode::from_u16(code)
+                    .ok()
+                    .and_then(|status| status.canonical_reason())
+                    .unwrap_or("");
+                // Offsets into `buf`, like the header spans above.
+                let reason = (!reason.is_empty() && reason != usual)
+                    .then(|| (reason.as_ptr() as usize - base, reason.len()));
                 (
                     len,
-                    response.code.unwrap_or(0),
+                    code,
                     response.version.unwrap_or(1),
                     response.headers.len(),
+                    reason,
                 )
             }
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
@@ -197,6 +233,7 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, P
     }
     Ok(Some(ResponseHead {
         status,
+        reason: reason.map(|(start, len)| head.slice(start..start + len)),
         version,
         headers,
     }))
@@ -359,7 +396,14 @@ impl Chunked {
                         }
                         return Err(ProtocolError::Chunk);
                     }
-                    match httparse::parse_chunk_size(buf) {
+                    let parsed = httparse::parse_chunk_size(buf);
+                    if let Ok(httparse::Status::Complete((used, _))) = parsed
+                        && buf[..used - 1].contains(&b'\n')
+                    {
+                        // A bare LF inside an extension: hyper refuses it, and so do we.
+                        return Err(ProtocolError::Chunk);
+                    }
+                    match parsed {
                         Ok(httparse::Status::Complete((used, 0))) => {
                             buf.advance(used);
                             *self = Chunked::Trailer;

@@ -255,6 +255,7 @@ fn malformed_chunked_bodies_are_refused() {
         b"-5\r\nhello\r\n",
         b"11111111111111111\r\n",
         b"0\r\nBad Trailer\r\n\r\n",
+        b"5;a\nb\r\nhello\r\n0\r\n\r\n",
     ] {
         assert!(dechunk(input, 1).is_err(), "{input:?}");
         assert!(dechunk(input, input.len()).is_err(), "{input:?}");
@@ -270,21 +271,76 @@ fn malformed_chunked_bodies_are_refused() {
 fn request_framing_comes_from_the_headers_or_the_body() {
     use RequestFraming::*;
     let mut headers = HeaderMap::new();
-    assert_eq!(request_framing(&headers, true, Some(0)), (Empty, None));
-    assert_eq!(request_framing(&headers, false, Some(0)), (Empty, None));
-    let (framing, extra) = request_framing(&headers, false, Some(12));
-    assert_eq!(framing, Length(12));
-    assert_eq!(extra, Some((CONTENT_LENGTH, HeaderValue::from(12u64))));
-    let (framing, extra) = request_framing(&headers, false, None);
-    assert_eq!(framing, Chunked);
     assert_eq!(
-        extra,
-        Some((TRANSFER_ENCODING, HeaderValue::from_static("chunked")))
+        request_framing(&mut headers, true, Some(0)),
+        Ok((Empty, None))
+    );
+    assert_eq!(
+        request_framing(&mut headers, false, Some(0)),
+        Ok((Empty, None))
+    );
+    let extra = Some((CONTENT_LENGTH, HeaderValue::from(12u64)));
+    assert_eq!(
+        request_framing(&mut headers, false, Some(12)),
+        Ok((Length(12), extra))
+    );
+    let extra = Some((TRANSFER_ENCODING, HeaderValue::from_static("chunked")));
+    assert_eq!(
+        request_framing(&mut headers, false, None),
+        Ok((Chunked, extra))
     );
     headers.insert(CONTENT_LENGTH, HeaderValue::from_static("7"));
-    assert_eq!(request_framing(&headers, false, Some(7)), (Length(7), None));
+    assert_eq!(
+        request_framing(&mut headers, false, Some(7)),
+        Ok((Length(7), None))
+    );
+    headers.insert(CONTENT_LENGTH, HeaderValue::from_static("7, 8"));
+    assert_eq!(
+        request_framing(&mut headers, false, None),
+        Err(InvalidLength)
+    );
+}
+
+#[test]
+fn chunked_request_never_also_carries_a_content_length() {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_LENGTH, HeaderValue::from_static("7"));
     headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-    assert_eq!(request_framing(&headers, false, None), (Chunked, None));
+    assert_eq!(
+        request_framing(&mut headers, false, None),
+        Ok((RequestFraming::Chunked, None))
+    );
+    assert!(!headers.contains_key(CONTENT_LENGTH));
+}
+
+#[test]
+fn cookie_fields_are_joined_on_one_line() {
+    let (mut parts, ()) = http::Request::builder()
+        .uri("/")
+        .header("cookie", "a=1")
+        .header("x-a", "1")
+        .body(())
+        .unwrap()
+        .into_parts();
+    parts
+        .headers
+        .append(COOKIE, HeaderValue::from_static("b=2"));
+    let mut out = Vec::new();
+    encode_request_head(&parts, None, &mut out);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "GET / HTTP/1.1\r\ncookie: a=1; b=2\r\nx-a: 1\r\n\r\n"
+    );
+}
+
+#[test]
+fn unusual_reason_phrases_are_kept_and_usual_ones_are_not() {
+    let parsed = head("HTTP/1.1 403 Token Expired\r\n\r\n").unwrap().unwrap();
+    assert_eq!(parsed.reason.as_deref(), Some(&b"Token Expired"[..]));
+    let parsed = head("HTTP/1.1 403 Forbidden\r\n\r\n").unwrap().unwrap();
+    assert_eq!(parsed.reason, None);
+    let parsed = head("HTTP/1.1 599 \r\n\r\n").unwrap().unwrap();
+    assert_eq!(parsed.reason, None);
 }
 
 #[test]

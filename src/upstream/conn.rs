@@ -16,6 +16,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
+use hyper::ext::ReasonPhrase;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
@@ -26,6 +27,10 @@ use super::{EndpointPool, RequestBody, SendError};
 const FIRST_READ: usize = 8 * 1024;
 /// Largest read: bounds what one connection buffers from a fast upstream.
 const MAX_READ: usize = 64 * 1024;
+/// How long an upload the upstream answered early may go on after the answer. The
+/// client is still sending it; cutting it would reset the client's connection before
+/// it has read the answer.
+const UPLOAD_AFTER_ANSWER: Duration = Duration::from_secs(60);
 
 /// An open connection to an upstream endpoint.
 pub struct Connection {
@@ -43,6 +48,10 @@ pub struct Connection {
     suffix: &'static [u8],
     /// Whether it has carried an exchange before (a pooled connection).
     pub(super) reused: bool,
+    /// Whether any byte of an answer arrived during the current exchange.
+    pub(super) received: bool,
+    /// A write failed: whatever the upstream answers, the connection is not reused.
+    broken: bool,
 }
 
 impl Connection {
@@ -57,11 +66,13 @@ impl Connection {
             io,
             read: BytesMut::new(),
             read_size: FIRST_READ,
-            out: Vec::new(),
+            out: Vec::with_capacity(1024),
             out_pos: 0,
             data: Bytes::new(),
             suffix: b"",
             reused: false,
+            received: false,
+            broken: false,
         })
     }
 
@@ -83,18 +94,47 @@ impl Connection {
     fn queue_head(&mut self, parts: &Parts, extra: Option<&(HeaderName, HeaderValue)>) {
         self.out.clear();
         self.out_pos = 0;
+        self.received = false;
         codec::encode_request_head(parts, extra, &mut self.out);
     }
 
-    /// Queues one piece of the request body, framed.
+    /// Whether nothing but (part of) a head or chunk-size line waits to be written.
+    fn can_queue_data(&self) -> bool {
+        self.data.is_empty() && self.suffix.is_empty()
+    }
+
+    /// Queues one piece of the request body, framed, behind what is still unwritten.
     fn queue_data(&mut self, framing: RequestFraming, data: Bytes) {
         if framing == RequestFraming::Chunked {
-            self.out.clear();
-            self.out_pos = 0;
+            if self.out_pos == self.out.len() {
+                self.out.clear();
+                self.out_pos = 0;
+            }
             codec::encode_chunk_size(data.len(), &mut self.out);
             self.suffix = b"\r\n";
         }
         self.data = data;
+    }
+
+    /// Queues the end of a chunked body, in the same write as the last chunk if it is
+    /// still queued.
+    fn queue_last_chunk(&mut self) {
+        self.suffix = if self.suffix == b"\r\n" {
+            b"\r\n0\r\n\r\n"
+        } else {
+            b"0\r\n\r\n"
+        };
+    }
+
+    /// Gives back what a large exchange grew, before the connection idles in the pool.
+    fn shrink(&mut self) {
+        self.read_size = FIRST_READ;
+        if self.read.capacity() > 2 * FIRST_READ {
+            self.read = BytesMut::new();
+        }
+        if self.out.capacity() > 8 * 1024 {
+            self.out = Vec::with_capacity(1024);
+        }
     }
 
     /// Writes what is queued, in as few system calls as the socket allows.
@@ -118,6 +158,10 @@ impl Connection {
             n -= from_head;
             let from_data = n.min(self.data.len());
             self.data.advance(from_data);
+            if self.data.is_empty() {
+                // An empty slice still holds its buffer (the client connection's read buffer).
+                self.data = Bytes::new();
+            }
             n -= from_data;
             self.suffix = &self.suffix[n.min(self.suffix.len())..];
         }
@@ -138,6 +182,7 @@ impl Connection {
             // A fast upstream: fewer, larger reads.
             self.read_size *= 2;
         }
+        self.received |= n > 0;
         Poll::Ready(Ok(n))
     }
 
@@ -187,48 +232,66 @@ impl RequestWriter {
     }
 
     /// Sends the queued bytes and the rest of the body, as fast as the client
-    /// sends it and the upstream takes it.
+    /// sends it and the upstream takes it. A body frame that is ready goes out in the
+    /// same write as what is queued before it (the head, most often).
     fn poll_write(
         &mut self,
         conn: &mut Connection,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), SendError>> {
         loop {
-            ready!(conn.poll_flush(cx)).map_err(SendError::Io)?;
-            let Some(body) = self.body.as_mut() else {
-                return Poll::Ready(Ok(()));
-            };
-            match ready!(Pin::new(body).poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    // Request trailers are dropped: HTTP/1 upstreams rarely accept them.
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    if data.is_empty() {
-                        continue;
-                    }
-                    if self.framing != RequestFraming::Chunked {
-                        let len = data.len() as u64;
-                        if len > self.left {
-                            return Poll::Ready(Err(SendError::BodyLength));
+            let mut waiting = false;
+            if conn.can_queue_data()
+                && let Some(body) = self.body.as_mut()
+            {
+                match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        // Request trailers are dropped: HTTP/1 upstreams rarely accept them.
+                        if let Ok(data) = frame.into_data()
+                            && !data.is_empty()
+                        {
+                            let ended = body.is_end_stream();
+                            self.queue(conn, data)?;
+                            if ended {
+                                self.end(conn)?;
+                            }
                         }
-                        self.left -= len;
                     }
-                    conn.queue_data(self.framing, data);
-                }
-                Some(Err(e)) => return Poll::Ready(Err(SendError::ClientBody(e))),
-                None => {
-                    self.body = None;
-                    match self.framing {
-                        RequestFraming::Chunked => conn.suffix = b"0\r\n\r\n",
-                        RequestFraming::Length(_) if self.left != 0 => {
-                            return Poll::Ready(Err(SendError::BodyLength));
-                        }
-                        _ => {}
-                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(SendError::ClientBody(e))),
+                    Poll::Ready(None) => self.end(conn)?,
+                    Poll::Pending => waiting = true,
                 }
             }
+            ready!(conn.poll_flush(cx)).map_err(SendError::Io)?;
+            if self.body.is_none() {
+                return Poll::Ready(Ok(()));
+            }
+            if waiting {
+                return Poll::Pending;
+            }
         }
+    }
+
+    fn queue(&mut self, conn: &mut Connection, data: Bytes) -> Result<(), SendError> {
+        if self.framing != RequestFraming::Chunked {
+            let len = data.len() as u64;
+            if len > self.left {
+                return Err(SendError::BodyLength);
+            }
+            self.left -= len;
+        }
+        conn.queue_data(self.framing, data);
+        Ok(())
+    }
+
+    fn end(&mut self, conn: &mut Connection) -> Result<(), SendError> {
+        self.body = None;
+        match self.framing {
+            RequestFraming::Chunked => conn.queue_last_chunk(),
+            RequestFraming::Length(_) if self.left != 0 => return Err(SendError::BodyLength),
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -250,6 +313,7 @@ pub async fn exchange(
                 Poll::Ready(Err(SendError::Io(e))) => {
                     // The upstream may have answered and closed (a 413, say): read on.
                     *writer = None;
+                    conn.broken = true;
                     write_failed = Some(e);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -319,31 +383,32 @@ impl UpstreamBody {
             writer,
             remaining,
             reusable,
-            pool: None,
+            pool: Some(pool.clone()),
         };
         if matches!(remaining, Remaining::Done) {
-            body.finish(pool);
-        } else {
-            body.pool = Some(pool.clone());
+            body.finish();
         }
         Ok(body)
     }
 
     /// The body has ended: the connection goes back to its pool if nothing about
-    /// the exchange makes it unsafe to reuse.
-    fn finish(&mut self, pool: &Arc<EndpointPool>) {
+    /// the exchange makes it unsafe to reuse. An upload the upstream answered early
+    /// is finished first, in a task of its own, and its connection closed after it:
+    /// an upstream that answers before reading may also take the rest of the upload
+    /// for a next request.
+    fn finish(&mut self) {
         self.remaining = Remaining::Done;
-        if let Some(mut conn) = self.conn.take()
-            && self.reusable
-            // An upload still going (the upstream answered early) or bytes past the
-            // response's end leave the connection in an unknown state.
-            && self.writer.is_none()
-            && conn.read.is_empty()
-        {
+        let (Some(mut conn), Some(pool)) = (self.conn.take(), self.pool.take()) else {
+            return;
+        };
+        if let Some(writer) = self.writer.take() {
+            finish_upload(conn, writer);
+        } else if self.reusable && !conn.broken && conn.read.is_empty() {
+            // Bytes past the response's end would be read as the next answer.
             conn.reused = true;
+            conn.shrink();
             pool.checkin(conn);
         }
-        self.writer = None;
     }
 
     fn decode(&mut self) -> Result<Decoded, SendError> {
@@ -387,7 +452,7 @@ impl Body for UpstreamBody {
                 Poll::Ready(Ok(())) => this.writer = None,
                 Poll::Ready(Err(_)) => {
                     this.writer = None;
-                    this.reusable = false;
+                    conn.broken = true;
                 }
                 Poll::Pending => {}
             }
@@ -403,16 +468,16 @@ impl Body for UpstreamBody {
             match decoded {
                 Decoded::Data(data) => {
                     if matches!(this.remaining, Remaining::Length(0)) {
-                        this.end();
+                        this.finish();
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Decoded::Trailers(trailers) => {
-                    this.end();
+                    this.finish();
                     return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                 }
                 Decoded::End => {
-                    this.end();
+                    this.finish();
                     return Poll::Ready(None);
                 }
                 Decoded::NeedMore => {}
@@ -424,7 +489,7 @@ impl Body for UpstreamBody {
             match ready!(conn.poll_fill(cx)) {
                 Ok(0) if matches!(this.remaining, Remaining::UntilClose) => {
                     this.reusable = false;
-                    this.end();
+                    this.finish();
                     return Poll::Ready(None);
                 }
                 Ok(0) => {
@@ -453,15 +518,16 @@ impl Body for UpstreamBody {
     }
 }
 
-impl UpstreamBody {
-    fn end(&mut self) {
-        match self.pool.take() {
-            Some(pool) => self.finish(&pool),
-            None => {
-                self.remaining = Remaining::Done;
-                self.conn = None;
-            }
-        }
+/// Sends the rest of an upload the upstream answered early, within
+/// [`UPLOAD_AFTER_ANSWER`], then closes the connection.
+fn finish_upload(mut conn: Connection, mut writer: RequestWriter) {
+    // Called from a body's Drop too, which may run while a runtime shuts down: then
+    // the upload is simply cut.
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let upload = poll_fn(|cx| writer.poll_write(&mut conn, cx));
+            let _ = tokio::time::timeout(UPLOAD_AFTER_ANSWER, upload).await;
+        });
     }
 }
 
@@ -472,5 +538,9 @@ pub(super) fn response(head: ResponseHead, body: UpstreamBody) -> Response<Upstr
     let mut response = Response::new(body);
     *response.status_mut() = head.status;
     *response.headers_mut() = head.headers;
+    if let Some(reason) = head.reason.and_then(|r| ReasonPhrase::try_from(r).ok()) {
+        // hyper's server writes it in place of the usual phrase.
+        response.extensions_mut().insert(reason);
+    }
     response
 }

@@ -189,10 +189,11 @@ impl Upstream {
             }
         }
         let (framing, extra) = codec::request_framing(
-            &parts.headers,
+            &mut parts.headers,
             body.is_end_stream(),
             body.size_hint().exact(),
-        );
+        )
+        .map_err(|_| SendError::BodyLength)?;
         // A request whose body is not streamed can be sent again on a fresh connection
         // when a pooled one turns out to have been closed by the upstream.
         let replay = match &body {
@@ -202,7 +203,9 @@ impl Upstream {
             _ => None,
         };
         let mut writer = Some(RequestWriter::new(body, framing));
-        let pooled = poll_fn(|cx| Poll::Ready(pool.checkout(cx))).await;
+        // Unconstrained: with tokio's task budget spent, the liveness check would see
+        // every socket as quiet and take a closed one for open.
+        let pooled = tokio::task::unconstrained(poll_fn(|cx| Poll::Ready(pool.checkout(cx)))).await;
         let mut conn = match pooled {
             Some(conn) => conn,
             // Boxed, like the retry below: rare paths should not grow every request's future.
@@ -210,9 +213,14 @@ impl Upstream {
         };
         let exchanged = conn::exchange(&mut conn, &parts, extra.as_ref(), &mut writer).await;
         let mut head = match (exchanged, replay) {
-            (Err(SendError::Closed | SendError::Io(_)), Some(replay)) if conn.reused => {
-                // The upstream closed its idle connection as ficus reused it: nothing
+            (Err(e), Some(replay)) if conn.reused && !conn.received && is_closed_under_us(&e) => {
+                // The upstream closed its idle connection as ficus reused it: not a byte
                 // was answered, and the request is safe to send again.
+                tracing::info!(
+                    endpoint = %pool.endpoint.authority,
+                    error = %e,
+                    "a reused upstream connection closed before answering; sending the request again"
+                );
                 writer = Some(RequestWriter::new(replay, framing));
                 let (fresh, head) =
                     Box::pin(resend(pool, &parts, extra.as_ref(), &mut writer)).await?;
@@ -236,6 +244,20 @@ async fn resend(
     let mut conn = pool.connect().await?;
     let head = conn::exchange(&mut conn, parts, extra, writer).await?;
     Ok((conn, head))
+}
+
+/// Whether `error` is the connection closing under a request (not a broken answer).
+fn is_closed_under_us(error: &SendError) -> bool {
+    match error {
+        SendError::Closed => true,
+        SendError::Io(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionAborted
+        ),
+        _ => false,
+    }
 }
 
 /// Methods RFC 9110 §9.2.2 lets a client repeat without changing the outcome.
@@ -278,8 +300,19 @@ impl EndpointPool {
     fn checkout(&self, cx: &mut Context<'_>) -> Option<Connection> {
         loop {
             let idle = self.idle.lock().ok()?.pop()?;
-            if Instant::now().saturating_duration_since(idle.since) >= self.idle_timeout {
-                let expired = self.idle.lock().map(|mut all| std::mem::take(&mut *all));
+            let now = Instant::now();
+            if now.saturating_duration_since(idle.since) >= self.idle_timeout {
+                // Those below it are older still (connections another task returned
+                // meanwhile are not).
+                let expired: Vec<Idle> = match self.idle.lock() {
+                    Ok(mut all) => {
+                        let fresh = all.partition_point(|i| {
+                            now.saturating_duration_since(i.since) >= self.idle_timeout
+                        });
+                        all.drain(..fresh).collect()
+                    }
+                    Err(_) => Vec::new(),
+                };
                 // Closed here, outside the lock.
                 drop(expired);
                 return None;
