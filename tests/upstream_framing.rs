@@ -15,6 +15,7 @@ use support::*;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -1371,4 +1372,36 @@ async fn an_unusual_reason_phrase_reaches_the_client() {
     let reply = get(&proxy, "/reason").await;
 
     assert_eq!(reply.head.line, "HTTP/1.1 403 Token Expired");
+}
+
+/// Nobody reads an idle pooled connection: without traffic, ficus must still close
+/// the ones past `pool_idle_timeout`, or they pile up on both sides.
+#[tokio::test]
+async fn idle_pooled_connections_are_closed_after_pool_idle_timeout_without_traffic() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut wire = Wire::new(stream);
+        wire.raw_head(MAX_REQUEST_HEAD).await.expect("head");
+        assert!(wire.send(OK.as_bytes()).await);
+        // Waits for ficus to close its end; the test's own bound decides how long.
+        let mut rest = [0u8; 64];
+        let ended = matches!(wire.stream.read(&mut rest).await, Ok(0) | Err(_));
+        let _ = closed_tx.send(ended);
+    });
+    let table = format!(
+        "default = \"legacy\"\n[upstreams.legacy]\nendpoints = [\"http://{addr}\"]\npool_idle_timeout = \"200ms\"\n"
+    );
+    let proxy = TestProxy::start(&table).await;
+
+    assert_eq!(get(&proxy, "/once").await.status(), 200);
+
+    // Two idle timeouts and a margin: the sweep runs every pool_idle_timeout.
+    let ended = tokio::time::timeout(Duration::from_secs(3), closed)
+        .await
+        .expect("ficus closed the idle connection in time")
+        .expect("upstream task");
+    assert!(ended);
 }

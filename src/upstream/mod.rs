@@ -26,8 +26,8 @@ mod conn;
 
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -153,6 +153,7 @@ impl Upstream {
                     endpoint: endpoint.clone(),
                     connect_to: connect_address(endpoint),
                     idle: Mutex::new(Vec::new()),
+                    sweeping: AtomicBool::new(false),
                     connect_timeout: spec.connect_timeout,
                     idle_timeout: spec.pool_idle_timeout,
                     max_idle: spec.pool_max_idle,
@@ -246,6 +247,19 @@ async fn resend(
     Ok((conn, head))
 }
 
+/// Closes a pool's expired idle connections every `every` while the pool lives. Nobody
+/// reads an idle connection, so one the upstream closed would otherwise wait in
+/// CLOSE_WAIT for the next request to that endpoint.
+async fn sweep(pool: Weak<EndpointPool>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.drop_expired(Instant::now());
+    }
+}
+
 /// Whether `error` is the connection closing under a request (not a broken answer).
 fn is_closed_under_us(error: &SendError) -> bool {
     match error {
@@ -286,6 +300,8 @@ pub struct EndpointPool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
+    /// Whether the task closing expired idle connections runs (started by the first checkin).
+    sweeping: AtomicBool,
 }
 
 struct Idle {
@@ -302,19 +318,8 @@ impl EndpointPool {
             let idle = self.idle.lock().ok()?.pop()?;
             let now = Instant::now();
             if now.saturating_duration_since(idle.since) >= self.idle_timeout {
-                // Those below it are older still (connections another task returned
-                // meanwhile are not).
-                let expired: Vec<Idle> = match self.idle.lock() {
-                    Ok(mut all) => {
-                        let fresh = all.partition_point(|i| {
-                            now.saturating_duration_since(i.since) >= self.idle_timeout
-                        });
-                        all.drain(..fresh).collect()
-                    }
-                    Err(_) => Vec::new(),
-                };
-                // Closed here, outside the lock.
-                drop(expired);
+                // Those below it are older still.
+                self.drop_expired(now);
                 return None;
             }
             let mut conn = idle.conn;
@@ -324,7 +329,7 @@ impl EndpointPool {
         }
     }
 
-    fn checkin(&self, conn: Connection) {
+    fn checkin(self: &Arc<Self>, conn: Connection) {
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < self.max_idle
         {
@@ -333,6 +338,27 @@ impl EndpointPool {
                 since: Instant::now(),
             });
         }
+        if !self.sweeping.swap(true, Ordering::Relaxed)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(sweep(Arc::downgrade(self), self.idle_timeout));
+        }
+    }
+
+    /// Closes the idle connections older than the idle timeout (not the fresh ones
+    /// other tasks returned meanwhile).
+    fn drop_expired(&self, now: Instant) {
+        let expired: Vec<Idle> = match self.idle.lock() {
+            Ok(mut all) => {
+                let count = all.partition_point(|i| {
+                    now.saturating_duration_since(i.since) >= self.idle_timeout
+                });
+                all.drain(..count).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        // Closed here, outside the lock.
+        drop(expired);
     }
 
     async fn connect(&self) -> Result<Connection, SendError> {
