@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -376,22 +377,11 @@ async fn unusable_client_request_id_is_replaced() {
 async fn http2_authority_reaches_the_http1_upstream_as_host() {
     let legacy = Backend::start("legacy").await;
     let proxy = proxy_to(&legacy).await;
-    let stream = TcpStream::connect(proxy.running.proxy_addr)
-        .await
-        .expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2c prior-knowledge handshake");
-    tokio::spawn(connection);
 
     let request = Request::get("http://shop.example.com/h2")
         .body(Empty::<Bytes>::new())
         .unwrap();
-    let response = tokio::time::timeout(EVENT_TIMEOUT, sender.send_request(request))
-        .await
-        .expect("response in time")
-        .expect("response");
+    let response = send_h2(&proxy, request).await;
 
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -409,23 +399,12 @@ async fn http2_authority_reaches_the_http1_upstream_as_host() {
 async fn http2_authority_wins_over_a_differing_host_header() {
     let legacy = Backend::start("legacy").await;
     let proxy = proxy_to(&legacy).await;
-    let stream = TcpStream::connect(proxy.running.proxy_addr)
-        .await
-        .expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2c prior-knowledge handshake");
-    tokio::spawn(connection);
 
     let request = Request::get("http://shop.example.com/h2")
         .header("host", "other.example")
         .body(Empty::<Bytes>::new())
         .unwrap();
-    let response = tokio::time::timeout(EVENT_TIMEOUT, sender.send_request(request))
-        .await
-        .expect("response in time")
-        .expect("response");
+    let response = send_h2(&proxy, request).await;
 
     assert_eq!(response.status(), StatusCode::OK);
     let recorded = &legacy.requests()[0];
@@ -442,6 +421,24 @@ async fn http2_authority_wins_over_a_differing_host_header() {
 async fn http2_cookie_fields_reach_the_http1_upstream_on_one_line() {
     let legacy = Backend::start("legacy").await;
     let proxy = proxy_to(&legacy).await;
+
+    let request = Request::get("http://shop.example.com/h2")
+        .header("cookie", "session=abc")
+        .header("cookie", "theme=dark")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = send_h2(&proxy, request).await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    let recorded = &legacy.requests()[0];
+    assert_eq!(
+        received(&recorded.headers, "cookie"),
+        ["session=abc; theme=dark"]
+    );
+}
+
+/// Sends `request` to the proxy over a new HTTP/2 (h2c, prior knowledge) connection.
+async fn send_h2(proxy: &TestProxy, request: Request<Empty<Bytes>>) -> http::Response<Incoming> {
     let stream = TcpStream::connect(proxy.running.proxy_addr)
         .await
         .expect("connect");
@@ -450,21 +447,8 @@ async fn http2_cookie_fields_reach_the_http1_upstream_on_one_line() {
             .await
             .expect("h2c prior-knowledge handshake");
     tokio::spawn(connection);
-
-    let request = Request::get("http://shop.example.com/h2")
-        .header("cookie", "session=abc")
-        .header("cookie", "theme=dark")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let response = tokio::time::timeout(EVENT_TIMEOUT, sender.send_request(request))
+    tokio::time::timeout(EVENT_TIMEOUT, sender.send_request(request))
         .await
         .expect("response in time")
-        .expect("response");
-
-    assert_eq!(response.status(), StatusCode::OK);
-    let recorded = &legacy.requests()[0];
-    assert_eq!(
-        received(&recorded.headers, "cookie"),
-        ["session=abc; theme=dark"]
-    );
+        .expect("response")
 }
