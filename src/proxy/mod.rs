@@ -16,10 +16,9 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{HOST, HeaderValue, TRANSFER_ENCODING};
+use http::header::{HOST, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body::Body;
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
@@ -30,7 +29,7 @@ use crate::snapshot::{DEFAULT_ROUTE, Decision, Snapshot};
 use crate::upstream::{RequestBody, UpstreamBody};
 pub use body::ResponseBody;
 use error::ProxyError;
-use headers::X_REQUEST_ID;
+use headers::{Forwarding, X_REQUEST_ID};
 
 /// Longest request target (path and query) ficus accepts.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -134,12 +133,12 @@ pub async fn handle(
             host,
         }) => {
             let log_path = target.clone();
-            let request = rewrite(request, peer, target, host, &request_id);
+            let (request, forwarding) = rewrite(request, peer, target, host, &request_id);
             let (request, mirror) = match decision.shadow {
-                Some(shadow) => shadow.begin(request, decision.side),
+                Some(shadow) => shadow.begin(request, &forwarding, decision.side),
                 None => (request, None),
             };
-            let result = exchange(&decision, request, peer).await;
+            let result = exchange(&decision, request, &forwarding, peer).await;
             let result = match (result, mirror) {
                 (Ok(response), Some(mirror)) => {
                     let copy = mirror.answered(&response, start.elapsed());
@@ -271,48 +270,53 @@ fn client_host(request: &Request<Incoming>) -> Result<Option<HeaderValue>, Proxy
 }
 
 /// Rewrites the client's request for the upstream: origin-form target, HTTP/1.1,
-/// hop-by-hop headers stripped, forwarding headers and the request id set.
+/// hop-by-hop headers stripped; returns the forwarding headers to send with it.
 fn rewrite(
     request: Request<Incoming>,
     peer: &Peer,
     target: PathAndQuery,
     host: Option<HeaderValue>,
     request_id: &HeaderValue,
-) -> Request<RequestBody> {
+) -> (Request<RequestBody>, Forwarding) {
     let (mut parts, body) = request.into_parts();
     // hyper's connection-level client writes the target as given: origin-form.
     parts.uri = Uri::from(target);
     // Upstreams speak HTTP/1.1; hyper's client refuses to send an HTTP/2 request to them.
     parts.version = Version::HTTP_11;
+    // A body of unknown length (chunked, or HTTP/2 DATA without content-length) is
+    // re-framed chunked by the upstream client.
     headers::strip_request(&mut parts.headers);
-    // With Transfer-Encoding stripped, a body of unknown length (chunked, or HTTP/2 DATA
-    // without content-length) must be re-framed explicitly: hyper's client would send a
-    // GET's unannounced body as empty.
-    if !body.is_end_stream() && body.size_hint().exact().is_none() {
-        parts
-            .headers
-            .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-    }
-    headers::set_forwarding(&mut parts.headers, &peer.forwarded_for, host.as_ref());
     // Without one (an HTTP/1.0 client), the pool sets the endpoint's authority.
-    if let Some(host) = host {
-        parts.headers.insert(HOST, host);
+    if let Some(host) = &host
+        && parts.headers.get(HOST) != Some(host)
+    {
+        parts.headers.insert(HOST, host.clone());
     }
-    parts.headers.insert(&X_REQUEST_ID, request_id.clone());
-    Request::from_parts(parts, RequestBody::Stream(body))
+    let forwarding = Forwarding::take(
+        &mut parts.headers,
+        &peer.forwarded_for,
+        host,
+        request_id.clone(),
+    );
+    (
+        Request::from_parts(parts, RequestBody::Stream(body)),
+        forwarding,
+    )
 }
 
 /// Sends the request to the decision's upstream, within the route's timeout.
 async fn exchange(
     decision: &Decision<'_>,
     request: Request<RequestBody>,
+    forwarding: &Forwarding,
     peer: &Peer,
 ) -> Result<Response<UpstreamBody>, ProxyError> {
     let upstream = &decision.backend.upstream;
+    let (fields, n) = forwarding.fields();
     let mut timer = peer.route_timer(tokio::time::Instant::now() + decision.timeout);
     let sent = tokio::select! {
         biased;
-        exchanged = upstream.send(request) => Some(exchanged),
+        exchanged = upstream.send(request, &fields[..n]) => Some(exchanged),
         () = timer.as_mut() => None,
     };
     peer.keep_timer(timer);

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use crate::config::{Route, ShadowSpec};
 use crate::metrics::{ShadowMetrics, ShadowOutcome};
+use crate::proxy::headers::Forwarding;
 use crate::tee::{Lost, Tee, TeeBody, TeeReceiver};
 use crate::upstream::{RequestBody, SendError, Upstream, UpstreamBody};
 use compare::{Noise, Observed};
@@ -300,6 +301,7 @@ impl Shadow {
     pub fn begin(
         self: &Arc<Self>,
         request: Request<RequestBody>,
+        forwarding: &Forwarding,
         side: usize,
     ) -> (Request<RequestBody>, Option<Mirror>) {
         let spec = &self.spec;
@@ -321,6 +323,7 @@ impl Shadow {
         };
         let (parts, body) = request.into_parts();
         let mut head = parts.clone();
+        forwarding.apply(&mut head.headers);
         head.headers
             .insert(&SHADOW_HEADER, HeaderValue::from_static("1"));
         let (body, request_body) = match body {
@@ -541,7 +544,7 @@ impl Shadow {
         let started = Instant::now();
         let limit = self.spec.max_body;
         let exchange = async {
-            let response = pool.send(request).await.map_err(|e| {
+            let response = pool.send(request, &[]).await.map_err(|e| {
                 let why = match e {
                     SendError::ConnectTimeout(_) => "shadow connect timed out",
                     SendError::Connect(_) => "shadow connect failed",

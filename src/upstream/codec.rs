@@ -96,10 +96,15 @@ pub fn request_framing(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidLength;
 
-/// Writes the request line and headers (origin-form target, HTTP/1.1) to `out`.
+/// A header field written after a request's own (ficus's forwarding headers).
+pub type Field<'a> = (&'a HeaderName, &'a HeaderValue);
+
+/// Writes the request line and headers (origin-form target, HTTP/1.1) to `out`: the
+/// request's own, then the framing header ficus adds, then `fields`.
 pub fn encode_request_head(
     parts: &Parts,
-    extra: Option<&(HeaderName, HeaderValue)>,
+    framing: Option<&(HeaderName, HeaderValue)>,
+    fields: &[Field<'_>],
     out: &mut Vec<u8>,
 ) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -108,7 +113,13 @@ pub fn encode_request_head(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut cookies_written = false;
-    for (name, value) in parts.headers.iter().chain(extra.map(|(n, v)| (n, v))) {
+    let framing = framing.map(|(name, value)| (name, value));
+    for (name, value) in parts
+        .headers
+        .iter()
+        .chain(framing)
+        .chain(fields.iter().copied())
+    {
         if name == COOKIE {
             // HTTP/2 clients send each cookie as a field of its own; HTTP/1.1 wants
             // them on one line (RFC 9113 §8.2.3).

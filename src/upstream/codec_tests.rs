@@ -326,7 +326,7 @@ fn cookie_fields_are_joined_on_one_line() {
         .headers
         .append(COOKIE, HeaderValue::from_static("b=2"));
     let mut out = Vec::new();
-    encode_request_head(&parts, None, &mut out);
+    encode_request_head(&parts, None, &[], &mut out);
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "GET / HTTP/1.1\r\ncookie: a=1; b=2\r\nx-a: 1\r\n\r\n"
@@ -356,10 +356,12 @@ fn request_head_is_written_in_origin_form() {
     parts.headers.append("x-a", HeaderValue::from_static("2"));
     let mut out = Vec::new();
     let extra = (CONTENT_LENGTH, HeaderValue::from(3u64));
-    encode_request_head(&parts, Some(&extra), &mut out);
+    let id = HeaderValue::from_static("id-1");
+    let name = HeaderName::from_static("x-request-id");
+    encode_request_head(&parts, Some(&extra), &[(&name, &id)], &mut out);
     assert_eq!(
         String::from_utf8(out).unwrap(),
-        "POST /a/b?c=d HTTP/1.1\r\nhost: example.com\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 3\r\n\r\n"
+        "POST /a/b?c=d HTTP/1.1\r\nhost: example.com\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 3\r\nx-request-id: id-1\r\n\r\n"
     );
     let mut line = Vec::new();
     encode_chunk_size(255, &mut line);

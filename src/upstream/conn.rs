@@ -20,7 +20,7 @@ use hyper::ext::ReasonPhrase;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use super::codec::{self, Chunked, Decoded, RequestFraming, ResponseFraming, ResponseHead};
+use super::codec::{self, Chunked, Decoded, Field, RequestFraming, ResponseFraming, ResponseHead};
 use super::{EndpointPool, RequestBody, SendError};
 
 /// First read buffer of a connection; reads grow it up to [`MAX_READ`] while they fill it.
@@ -91,11 +91,16 @@ impl Connection {
     }
 
     /// Queues the request head for writing.
-    fn queue_head(&mut self, parts: &Parts, extra: Option<&(HeaderName, HeaderValue)>) {
+    fn queue_head(
+        &mut self,
+        parts: &Parts,
+        framing: Option<&(HeaderName, HeaderValue)>,
+        fields: &[Field<'_>],
+    ) {
         self.out.clear();
         self.out_pos = 0;
         self.received = false;
-        codec::encode_request_head(parts, extra, &mut self.out);
+        codec::encode_request_head(parts, framing, fields, &mut self.out);
     }
 
     /// Whether nothing but (part of) a head or chunk-size line waits to be written.
@@ -301,10 +306,11 @@ impl RequestWriter {
 pub async fn exchange(
     conn: &mut Connection,
     parts: &Parts,
-    extra: Option<&(HeaderName, HeaderValue)>,
+    framing: Option<&(HeaderName, HeaderValue)>,
+    fields: &[Field<'_>],
     writer: &mut Option<RequestWriter>,
 ) -> Result<ResponseHead, SendError> {
-    conn.queue_head(parts, extra);
+    conn.queue_head(parts, framing, fields);
     let mut write_failed = None;
     poll_fn(|cx| {
         if let Some(w) = writer.as_mut() {

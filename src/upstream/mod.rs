@@ -40,6 +40,7 @@ use hyper::body::Incoming;
 
 use crate::config::{Endpoint, UpstreamSpec};
 use crate::tee::TeeBody;
+pub use codec::Field;
 pub use codec::ProtocolError;
 use codec::{RequestFraming, ResponseHead};
 pub use conn::UpstreamBody;
@@ -180,6 +181,7 @@ impl Upstream {
     pub async fn send(
         &self,
         request: Request<RequestBody>,
+        fields: &[Field<'_>],
     ) -> Result<Response<UpstreamBody>, SendError> {
         let pool = self.pool();
         let (mut parts, body) = request.into_parts();
@@ -212,7 +214,8 @@ impl Upstream {
             // Boxed, like the retry below: rare paths should not grow every request's future.
             None => Box::pin(pool.connect()).await?,
         };
-        let exchanged = conn::exchange(&mut conn, &parts, extra.as_ref(), &mut writer).await;
+        let exchanged =
+            conn::exchange(&mut conn, &parts, extra.as_ref(), fields, &mut writer).await;
         let mut head = match (exchanged, replay) {
             (Err(e), Some(replay)) if conn.reused && !conn.received && is_closed_under_us(&e) => {
                 // The upstream closed its idle connection as ficus reused it: not a byte
@@ -224,7 +227,7 @@ impl Upstream {
                 );
                 writer = Some(RequestWriter::new(replay, framing));
                 let (fresh, head) =
-                    Box::pin(resend(pool, &parts, extra.as_ref(), &mut writer)).await?;
+                    Box::pin(resend(pool, &parts, extra.as_ref(), fields, &mut writer)).await?;
                 conn = fresh;
                 head
             }
@@ -240,10 +243,11 @@ async fn resend(
     pool: &EndpointPool,
     parts: &Parts,
     extra: Option<&(HeaderName, HeaderValue)>,
+    fields: &[Field<'_>],
     writer: &mut Option<RequestWriter>,
 ) -> Result<(Connection, ResponseHead), SendError> {
     let mut conn = pool.connect().await?;
-    let head = conn::exchange(&mut conn, parts, extra, writer).await?;
+    let head = conn::exchange(&mut conn, parts, extra, fields, writer).await?;
     Ok((conn, head))
 }
 
