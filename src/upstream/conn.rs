@@ -78,7 +78,8 @@ impl Connection {
 
     /// Whether an idle connection is still open. Costs no system call unless the
     /// socket has signalled something since its last read (tokio clears readiness
-    /// on a short read): then a peek tells a close, or stray bytes, from nothing.
+    /// on a short read): then a one-byte read tells a close, or stray bytes (either
+    /// way the connection is done), from nothing.
     pub fn is_open(&mut self, cx: &mut Context<'_>) -> bool {
         match self.io.poll_read_ready(cx) {
             Poll::Pending => true,
@@ -122,12 +123,13 @@ impl Connection {
     }
 
     /// Queues the end of a chunked body, in the same write as the last chunk if it is
-    /// still queued.
+    /// still queued. Called with nothing queued behind the data, or a whole chunk's CRLF.
     fn queue_last_chunk(&mut self) {
-        self.suffix = if self.suffix == b"\r\n" {
-            b"\r\n0\r\n\r\n"
-        } else {
+        debug_assert!(self.suffix.is_empty() || self.suffix == b"\r\n");
+        self.suffix = if self.suffix.is_empty() {
             b"0\r\n\r\n"
+        } else {
+            b"\r\n0\r\n\r\n"
         };
     }
 
