@@ -16,7 +16,8 @@ use crate::upstream::UpstreamBody;
 /// last byte is sent (connection idle timeouts must not cut a streaming response).
 ///
 /// The upstream's body puts its connection back in the pool once it has been
-/// read to its end. When the request is shadowed, a [`Tee`] keeps a bounded copy for the comparison as the body streams.
+/// read to its end. When the request is shadowed, a [`Tee`] keeps a bounded copy
+/// for the comparison as the body streams.
 pub struct ResponseBody {
     inner: Either<UpstreamBody, Full<Bytes>>,
     copy: Option<Box<Tee>>,

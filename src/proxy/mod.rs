@@ -279,12 +279,12 @@ fn rewrite(
     request_id: &HeaderValue,
 ) -> (Request<RequestBody>, Forwarding) {
     let (mut parts, body) = request.into_parts();
-    // hyper's connection-level client writes the target as given: origin-form.
+    // The upstream client writes the target as given: origin-form.
     parts.uri = Uri::from(target);
-    // Upstreams speak HTTP/1.1; hyper's client refuses to send an HTTP/2 request to them.
+    // Upstreams are spoken to over HTTP/1.1, whatever the client spoke.
     parts.version = Version::HTTP_11;
-    // A body of unknown length (chunked, or HTTP/2 DATA without content-length) is
-    // re-framed chunked by the upstream client.
+    // Transfer-Encoding goes too: the upstream client frames a body of unknown length
+    // (chunked, or HTTP/2 DATA without content-length) as chunked itself.
     headers::strip_request(&mut parts.headers);
     // Without one (an HTTP/1.0 client), the pool sets the endpoint's authority.
     if let Some(host) = &host
