@@ -362,6 +362,11 @@ impl std::fmt::Debug for BackendMetrics {
 }
 
 impl BackendMetrics {
+    /// The route and upstream these metrics are labelled with.
+    pub fn names(&self) -> (&str, &str) {
+        (&self.0.route, &self.0.upstream)
+    }
+
     /// Records one answered request.
     pub fn record(&self, status: StatusCode, seconds: f64) {
         let inner = &*self.0;

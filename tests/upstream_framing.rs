@@ -1017,6 +1017,8 @@ async fn response_cut_short_of_its_content_length_is_cut_short_for_the_client() 
         assert_eq!(reply.head.content_length(), Some(100_000));
     }
     assert_cut_short(reply, &sent);
+    // The request was recorded under the upstream's 200; the broken body counts too.
+    proxy.wait_for_metric(PROTOCOL_ERRORS, 1.0).await;
 }
 
 #[tokio::test]
@@ -1032,6 +1034,7 @@ async fn chunked_response_cut_mid_chunk_is_cut_short_for_the_client() {
     let reply = client.try_call("GET", "/cut").await;
 
     assert_cut_short(reply, b"helloabc");
+    proxy.wait_for_metric(PROTOCOL_ERRORS, 1.0).await;
 }
 
 #[tokio::test]
@@ -1056,6 +1059,7 @@ async fn invalid_chunk_size_line_gives_the_client_no_complete_response() {
     }
     // ficus does not go on using the upstream connection it could not read.
     upstream.wait_for_ended(1).await;
+    proxy.wait_for_metric(PROTOCOL_ERRORS, 1.0).await;
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 
+use crate::metrics::{BackendMetrics, UpstreamErrorKind};
 use crate::server::io::RequestGuard;
 use crate::tee::Tee;
 use crate::upstream::UpstreamBody;
@@ -18,17 +19,24 @@ use crate::upstream::UpstreamBody;
 /// The upstream's body puts its connection back in the pool once it has been
 /// read to its end. When the request is shadowed, a [`Tee`] keeps a bounded copy
 /// for the comparison as the body streams.
+///
+/// An upstream body that breaks off after its head was relayed is counted as an
+/// upstream protocol error of its route and logged: the request itself was already
+/// recorded under the upstream's status.
 pub struct ResponseBody {
     inner: Either<UpstreamBody, Full<Bytes>>,
+    /// Where a broken upstream body is counted.
+    metrics: Option<BackendMetrics>,
     copy: Option<Box<Tee>>,
     _guard: Option<RequestGuard>,
 }
 
 impl ResponseBody {
-    /// An upstream's streamed body.
-    pub fn upstream(body: UpstreamBody) -> Self {
+    /// An upstream's streamed body; a failure of it is counted in `metrics`.
+    pub fn upstream(body: UpstreamBody, metrics: BackendMetrics) -> Self {
         ResponseBody {
             inner: Either::Left(body),
+            metrics: Some(metrics),
             copy: None,
             _guard: None,
         }
@@ -38,6 +46,7 @@ impl ResponseBody {
     pub fn full(body: Full<Bytes>) -> Self {
         ResponseBody {
             inner: Either::Right(body),
+            metrics: None,
             copy: None,
             _guard: None,
         }
@@ -66,11 +75,21 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &mut polled
-            && let Some(trailers) = frame.trailers_mut()
-        {
-            // Connection-specific fields make HTTP/2 clients reset the stream.
-            crate::proxy::headers::strip_hop_by_hop(trailers);
+        match &mut polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    // Connection-specific fields make HTTP/2 clients reset the stream.
+                    crate::proxy::headers::strip_hop_by_hop(trailers);
+                }
+            }
+            Poll::Ready(Some(Err(error))) => {
+                if let Some(metrics) = this.metrics.take() {
+                    metrics.upstream_error(UpstreamErrorKind::Protocol);
+                    let (route, upstream) = metrics.names();
+                    tracing::warn!(route, upstream, %error, "upstream body broke off; the client's connection is cut");
+                }
+            }
+            _ => {}
         }
         if let Some(copy) = &mut this.copy {
             let inner = &this.inner;

@@ -163,7 +163,7 @@ pub async fn handle(
     let path = log_path.as_ref().map_or("", |p| p.as_str());
     let mut response = match result {
         Ok((response, copy)) => response.map(|body| {
-            let body = ResponseBody::upstream(body);
+            let body = ResponseBody::upstream(body, metrics.clone());
             match copy {
                 Some(copy) => body.with_copy(copy),
                 None => body,
