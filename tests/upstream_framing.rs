@@ -990,16 +990,31 @@ async fn upstream_closing_before_any_byte_of_a_response_answers_502_upstream_pro
     );
 }
 
-/// A body the upstream cut short reaches the client as a cut connection: either
-/// before the head was flushed, or after part of the body. Never a complete answer.
-fn assert_cut_short(reply: Option<Reply>, sent: &[u8]) {
-    let Some(reply) = reply else { return };
-    assert_eq!(reply.status(), 200, "{reply:?}");
-    assert_eq!(reply.body.end, Err(Cut::Closed), "{reply:?}");
-    assert!(
-        sent.starts_with(&reply.body.bytes),
-        "not the upstream's bytes: {reply:?}"
-    );
+/// Sends one GET to an upstream answering `answer`, whose body breaks off. The client
+/// sees a cut connection, either before the head was flushed or after a prefix of
+/// `sent`: never a complete answer. The broken body is counted as a protocol error
+/// (the request itself was recorded under the upstream's 200).
+async fn assert_broken_body_is_cut(
+    answer: impl AsRef<[u8]>,
+    then: Then,
+    sent: &[u8],
+) -> (RawUpstream, Option<Reply>) {
+    let upstream = RawUpstream::always(answer, then).await;
+    let proxy = TestProxy::start(&upstream.table()).await;
+    let mut client = Client::connect(&proxy).await;
+
+    let reply = client.try_call("GET", "/cut").await;
+
+    if let Some(reply) = &reply {
+        assert_eq!(reply.status(), 200, "{reply:?}");
+        assert_eq!(reply.body.end, Err(Cut::Closed), "{reply:?}");
+        assert!(
+            sent.starts_with(&reply.body.bytes),
+            "not the upstream's bytes: {reply:?}"
+        );
+    }
+    proxy.wait_for_metric(PROTOCOL_ERRORS, 1.0).await;
+    (upstream, reply)
 }
 
 #[tokio::test]
@@ -1007,59 +1022,27 @@ async fn response_cut_short_of_its_content_length_is_cut_short_for_the_client() 
     let sent = pattern(1000, 7);
     let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n".to_vec();
     answer.extend_from_slice(&sent);
-    let upstream = RawUpstream::always(answer, Then::Close).await;
-    let proxy = TestProxy::start(&upstream.table()).await;
-    let mut client = Client::connect(&proxy).await;
 
-    let reply = client.try_call("GET", "/cut").await;
+    let (_, reply) = assert_broken_body_is_cut(answer, Then::Close, &sent).await;
 
     if let Some(reply) = &reply {
         assert_eq!(reply.head.content_length(), Some(100_000));
     }
-    assert_cut_short(reply, &sent);
-    // The request was recorded under the upstream's 200; the broken body counts too.
-    proxy.wait_for_metric(PROTOCOL_ERRORS, 1.0).await;
 }
 
 #[tokio::test]
 async fn chunked_response_cut_mid_chunk_is_cut_short_for_the_client() {
-    let upstream = RawUpstream::always(
-        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n10\r\nabc",
-        Then::Close,
-    )
-    .await;
-    let proxy = TestProxy::start(&upstream.table()).await;
-    let mut client = Client::connect(&proxy).await;
-
-    let reply = client.try_call("GET", "/cut").await;
-
-    assert_cut_short(reply, b"helloabc");
-    proxy.wait_for_metric(PROTOCOL_ERRORS, 1.0).await;
+    let answer = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n10\r\nabc";
+    assert_broken_body_is_cut(answer, Then::Close, b"helloabc").await;
 }
 
 #[tokio::test]
 async fn invalid_chunk_size_line_gives_the_client_no_complete_response() {
-    let upstream = RawUpstream::always(
-        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
-        Then::KeepOpen,
-    )
-    .await;
-    let proxy = TestProxy::start(&upstream.table()).await;
-    let mut client = Client::connect(&proxy).await;
-
-    // ficus closes the client's connection, before a byte of the response (its head
-    // not flushed yet) or after the head with no body: never a complete answer.
-    match client.try_call("GET", "/bad-chunk").await {
-        None => {}
-        Some(reply) => {
-            assert_eq!(reply.status(), 200, "{reply:?}");
-            assert_eq!(reply.body.end, Err(Cut::Closed), "{reply:?}");
-            assert!(reply.body.bytes.is_empty(), "{reply:?}");
-        }
-    }
+    let answer = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n";
+    // Not a byte of the body: the first chunk-size line is already broken.
+    let (upstream, _) = assert_broken_body_is_cut(answer, Then::KeepOpen, b"").await;
     // ficus does not go on using the upstream connection it could not read.
     upstream.wait_for_ended(1).await;
-    proxy.wait_for_metric(PROTOCOL_ERRORS, 1.0).await;
 }
 
 #[tokio::test]
