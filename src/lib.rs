@@ -23,6 +23,7 @@ pub mod shadow;
 pub mod snapshot;
 pub mod tee;
 pub mod upstream;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

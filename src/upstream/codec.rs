@@ -9,7 +9,6 @@
 //! or closes the connection after it, so a confused upstream cannot make ficus
 //! read the next response at the wrong place.
 
-use std::io::Write;
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -18,6 +17,8 @@ use http::header::{
 };
 use http::request::Parts;
 use http::{Method, StatusCode, Version};
+
+pub use crate::wire::Framing;
 
 /// Most header lines in a response head (hyper's client allows the same).
 pub const MAX_HEADERS: usize = 100;
@@ -51,17 +52,6 @@ pub enum ProtocolError {
     Trailers,
 }
 
-/// How a request body is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestFraming {
-    /// No body, no framing header.
-    Empty,
-    /// Exactly this many bytes, announced by Content-Length.
-    Length(u64),
-    /// Chunked transfer coding.
-    Chunked,
-}
-
 /// How ficus frames a request with these headers and this body shape, and whether
 /// it must add the header that says so. ficus's own rewrite leaves at most one of
 /// Content-Length and `Transfer-Encoding: chunked`; should both be present,
@@ -70,23 +60,23 @@ pub fn request_framing(
     headers: &mut HeaderMap,
     end_stream: bool,
     exact: Option<u64>,
-) -> Result<(RequestFraming, Option<(HeaderName, HeaderValue)>), InvalidLength> {
+) -> Result<(Framing, Option<(HeaderName, HeaderValue)>), InvalidLength> {
     if headers.contains_key(TRANSFER_ENCODING) {
         headers.remove(CONTENT_LENGTH);
-        return Ok((RequestFraming::Chunked, None));
+        return Ok((Framing::Chunked, None));
     }
     if let Some(value) = headers.get(CONTENT_LENGTH) {
         let length = parse_length(value).ok_or(InvalidLength)?;
-        return Ok((RequestFraming::Length(length), None));
+        return Ok((Framing::Length(length), None));
     }
     Ok(match (end_stream, exact) {
-        (true, _) | (false, Some(0)) => (RequestFraming::Empty, None),
+        (true, _) | (false, Some(0)) => (Framing::Empty, None),
         (false, Some(length)) => (
-            RequestFraming::Length(length),
+            Framing::Length(length),
             Some((CONTENT_LENGTH, HeaderValue::from(length))),
         ),
         (false, None) => (
-            RequestFraming::Chunked,
+            Framing::Chunked,
             Some((TRANSFER_ENCODING, HeaderValue::from_static("chunked"))),
         ),
     })
@@ -142,12 +132,6 @@ pub fn encode_request_head(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-}
-
-/// Writes the size line of a chunk of `len` bytes.
-pub fn encode_chunk_size(len: usize, out: &mut Vec<u8>) {
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "{len:X}\r\n");
 }
 
 /// A parsed response head.

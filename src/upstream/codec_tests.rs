@@ -269,7 +269,7 @@ fn malformed_chunked_bodies_are_refused() {
 
 #[test]
 fn request_framing_comes_from_the_headers_or_the_body() {
-    use RequestFraming::*;
+    use Framing::*;
     let mut headers = HeaderMap::new();
     assert_eq!(
         request_framing(&mut headers, true, Some(0)),
@@ -308,7 +308,7 @@ fn chunked_request_never_also_carries_a_content_length() {
     headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     assert_eq!(
         request_framing(&mut headers, false, None),
-        Ok((RequestFraming::Chunked, None))
+        Ok((Framing::Chunked, None))
     );
     assert!(!headers.contains_key(CONTENT_LENGTH));
 }
@@ -364,6 +364,6 @@ fn request_head_is_written_in_origin_form() {
         "POST /a/b?c=d HTTP/1.1\r\nhost: example.com\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 3\r\nx-request-id: id-1\r\n\r\n"
     );
     let mut line = Vec::new();
-    encode_chunk_size(255, &mut line);
+    crate::wire::encode_chunk_size(255, &mut line);
     assert_eq!(line, b"FF\r\n");
 }

@@ -5,23 +5,23 @@
 //! the connection back in its pool.
 
 use std::future::poll_fn;
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::ext::ReasonPhrase;
-use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use super::codec::{self, Chunked, Decoded, Field, RequestFraming, ResponseFraming, ResponseHead};
+use super::codec::{self, Chunked, Decoded, Field, ResponseFraming, ResponseHead};
 use super::{EndpointPool, RequestBody, SendError};
+use crate::wire::{BodyWriter, Framing, WriteError, WriteQueue};
 
 /// First read buffer of a connection; reads grow it up to [`MAX_READ`] while they fill it.
 const FIRST_READ: usize = 8 * 1024;
@@ -39,13 +39,8 @@ pub struct Connection {
     read: BytesMut,
     /// How much the next read asks for.
     read_size: usize,
-    /// Bytes queued for the upstream: a head or chunk-size line, from `out_pos` on...
-    out: Vec<u8>,
-    out_pos: usize,
-    /// ...then body bytes...
-    data: Bytes,
-    /// ...then a chunk's or the body's closing CRLFs.
-    suffix: &'static [u8],
+    /// Bytes on their way to the upstream.
+    queue: WriteQueue,
     /// Whether it has carried an exchange before (a pooled connection).
     pub(super) reused: bool,
     /// Whether any byte of an answer arrived during the current exchange.
@@ -66,10 +61,7 @@ impl Connection {
             io,
             read: BytesMut::new(),
             read_size: FIRST_READ,
-            out: Vec::with_capacity(1024),
-            out_pos: 0,
-            data: Bytes::new(),
-            suffix: b"",
+            queue: WriteQueue::with_capacity(1024),
             reused: false,
             received: false,
             broken: false,
@@ -98,39 +90,8 @@ impl Connection {
         framing: Option<&(HeaderName, HeaderValue)>,
         fields: &[Field<'_>],
     ) {
-        self.out.clear();
-        self.out_pos = 0;
         self.received = false;
-        codec::encode_request_head(parts, framing, fields, &mut self.out);
-    }
-
-    /// Whether nothing but (part of) a head or chunk-size line waits to be written.
-    fn can_queue_data(&self) -> bool {
-        self.data.is_empty() && self.suffix.is_empty()
-    }
-
-    /// Queues one piece of the request body, framed, behind what is still unwritten.
-    fn queue_data(&mut self, framing: RequestFraming, data: Bytes) {
-        if framing == RequestFraming::Chunked {
-            if self.out_pos == self.out.len() {
-                self.out.clear();
-                self.out_pos = 0;
-            }
-            codec::encode_chunk_size(data.len(), &mut self.out);
-            self.suffix = b"\r\n";
-        }
-        self.data = data;
-    }
-
-    /// Queues the end of a chunked body, in the same write as the last chunk if it is
-    /// still queued. Called with nothing queued behind the data, or a whole chunk's CRLF.
-    fn queue_last_chunk(&mut self) {
-        debug_assert!(self.suffix.is_empty() || self.suffix == b"\r\n");
-        self.suffix = if self.suffix.is_empty() {
-            b"0\r\n\r\n"
-        } else {
-            b"\r\n0\r\n\r\n"
-        };
+        codec::encode_request_head(parts, framing, fields, self.queue.head());
     }
 
     /// Gives back what a large exchange grew, before the connection idles in the pool.
@@ -139,39 +100,7 @@ impl Connection {
         if self.read.capacity() > 2 * FIRST_READ {
             self.read = BytesMut::new();
         }
-        if self.out.capacity() > 8 * 1024 {
-            self.out = Vec::with_capacity(1024);
-        }
-    }
-
-    /// Writes what is queued, in as few system calls as the socket allows.
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            let head = &self.out[self.out_pos..];
-            if head.is_empty() && self.data.is_empty() && self.suffix.is_empty() {
-                return Poll::Ready(Ok(()));
-            }
-            let slices = [
-                IoSlice::new(head),
-                IoSlice::new(&self.data),
-                IoSlice::new(self.suffix),
-            ];
-            let mut n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            let from_head = n.min(head.len());
-            self.out_pos += from_head;
-            n -= from_head;
-            let from_data = n.min(self.data.len());
-            self.data.advance(from_data);
-            if self.data.is_empty() {
-                // An empty slice still holds its buffer (the client connection's read buffer).
-                self.data = Bytes::new();
-            }
-            n -= from_data;
-            self.suffix = &self.suffix[n.min(self.suffix.len())..];
-        }
+        self.queue.shrink(8 * 1024);
     }
 
     /// Reads more of the response into the buffer; `Ok(0)` is the upstream closing.
@@ -216,89 +145,27 @@ impl Connection {
 }
 
 /// The request body on its way to the upstream.
-pub struct RequestWriter {
-    body: Option<RequestBody>,
-    framing: RequestFraming,
-    /// Bytes still to send for a Content-Length body.
-    left: u64,
-}
+pub struct RequestWriter(BodyWriter<RequestBody>);
 
 impl RequestWriter {
     /// Writes `body` with `framing`.
-    pub fn new(body: RequestBody, framing: RequestFraming) -> Self {
-        let left = match framing {
-            RequestFraming::Length(n) => n,
-            _ => 0,
-        };
-        let body = (framing != RequestFraming::Empty).then_some(body);
-        RequestWriter {
-            body,
-            framing,
-            left,
-        }
+    pub fn new(body: RequestBody, framing: Framing) -> Self {
+        RequestWriter(BodyWriter::new(body, framing))
     }
 
-    /// Sends the queued bytes and the rest of the body, as fast as the client
-    /// sends it and the upstream takes it. A body frame that is ready goes out in the
-    /// same write as what is queued before it (the head, most often).
+    /// Sends the queued bytes and the rest of the body (see [`BodyWriter::poll_write`]).
     fn poll_write(
         &mut self,
         conn: &mut Connection,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), SendError>> {
-        loop {
-            let mut waiting = false;
-            if conn.can_queue_data()
-                && let Some(body) = self.body.as_mut()
-            {
-                match Pin::new(&mut *body).poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        // Request trailers are dropped: HTTP/1 upstreams rarely accept them.
-                        if let Ok(data) = frame.into_data()
-                            && !data.is_empty()
-                        {
-                            let ended = body.is_end_stream();
-                            self.queue(conn, data)?;
-                            if ended {
-                                self.end(conn)?;
-                            }
-                        }
-                    }
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(SendError::ClientBody(e))),
-                    Poll::Ready(None) => self.end(conn)?,
-                    Poll::Pending => waiting = true,
-                }
-            }
-            ready!(conn.poll_flush(cx)).map_err(SendError::Io)?;
-            if self.body.is_none() {
-                return Poll::Ready(Ok(()));
-            }
-            if waiting {
-                return Poll::Pending;
-            }
-        }
-    }
-
-    fn queue(&mut self, conn: &mut Connection, data: Bytes) -> Result<(), SendError> {
-        if self.framing != RequestFraming::Chunked {
-            let len = data.len() as u64;
-            if len > self.left {
-                return Err(SendError::BodyLength);
-            }
-            self.left -= len;
-        }
-        conn.queue_data(self.framing, data);
-        Ok(())
-    }
-
-    fn end(&mut self, conn: &mut Connection) -> Result<(), SendError> {
-        self.body = None;
-        match self.framing {
-            RequestFraming::Chunked => conn.queue_last_chunk(),
-            RequestFraming::Length(_) if self.left != 0 => return Err(SendError::BodyLength),
-            _ => {}
-        }
-        Ok(())
+        self.0
+            .poll_write(&mut conn.queue, &mut conn.io, cx)
+            .map_err(|e| match e {
+                WriteError::Body(e) => SendError::ClientBody(e),
+                WriteError::Length => SendError::BodyLength,
+                WriteError::Io(e) => SendError::Io(e),
+            })
     }
 }
 

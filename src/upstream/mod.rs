@@ -40,9 +40,10 @@ use hyper::body::Incoming;
 
 use crate::config::{Endpoint, UpstreamSpec};
 use crate::tee::TeeBody;
+use crate::wire::Framing;
 pub use codec::Field;
 pub use codec::ProtocolError;
-use codec::{RequestFraming, ResponseHead};
+use codec::ResponseHead;
 pub use conn::UpstreamBody;
 use conn::{Connection, RequestWriter};
 
@@ -202,7 +203,7 @@ impl Upstream {
         let replay = match &body {
             _ if !is_idempotent(&parts.method) => None,
             RequestBody::Full(bytes) => Some(RequestBody::Full(bytes.clone())),
-            _ if framing == RequestFraming::Empty => Some(RequestBody::Full(None)),
+            _ if framing == Framing::Empty => Some(RequestBody::Full(None)),
             _ => None,
         };
         let mut writer = Some(RequestWriter::new(body, framing));

@@ -1,0 +1,237 @@
+//! Writing HTTP/1.1 messages, shared by ficus's server (responses to clients) and its
+//! upstream client (requests to upstreams): a write queue that sends a head and body
+//! bytes in as few system calls as the socket allows, and a writer that frames a
+//! streamed [`Body`] onto it.
+
+use std::io::{self, IoSlice, Write};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use http_body::Body;
+use tokio::io::AsyncWrite;
+
+/// How a message body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes, announced by Content-Length.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Raw bytes until the connection closes (a response to an HTTP/1.0 client).
+    Close,
+}
+
+/// Bytes waiting to be written: a head or chunk-size line, then body bytes, then a
+/// chunk's or the body's closing bytes. One vectored write sends all three.
+#[derive(Debug, Default)]
+pub struct WriteQueue {
+    /// A head or chunk-size line, from `out_pos` on...
+    out: Vec<u8>,
+    out_pos: usize,
+    /// ...then body bytes...
+    data: Bytes,
+    /// ...then a chunk's or the body's closing CRLFs.
+    suffix: &'static [u8],
+}
+
+impl WriteQueue {
+    /// An empty queue whose head buffer starts with room for `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Self {
+        WriteQueue {
+            out: Vec::with_capacity(capacity),
+            ..WriteQueue::default()
+        }
+    }
+
+    /// The buffer to encode a new head into; the queue must be empty.
+    pub fn head(&mut self) -> &mut Vec<u8> {
+        debug_assert!(self.is_empty());
+        self.out.clear();
+        self.out_pos = 0;
+        &mut self.out
+    }
+
+    /// Whether everything queued has been written.
+    pub fn is_empty(&self) -> bool {
+        self.out_pos == self.out.len() && self.data.is_empty() && self.suffix.is_empty()
+    }
+
+    /// Whether nothing but (part of) a head or chunk-size line waits to be written.
+    fn can_queue_data(&self) -> bool {
+        self.data.is_empty() && self.suffix.is_empty()
+    }
+
+    /// Queues one piece of a body, framed, behind what is still unwritten.
+    fn queue_data(&mut self, framing: Framing, data: Bytes) {
+        if framing == Framing::Chunked {
+            if self.out_pos == self.out.len() {
+                self.out.clear();
+                self.out_pos = 0;
+            }
+            encode_chunk_size(data.len(), &mut self.out);
+            self.suffix = b"\r\n";
+        }
+        self.data = data;
+    }
+
+    /// Queues the end of a chunked body, in the same write as the last chunk if it is
+    /// still queued. Called with nothing queued behind the data, or a whole chunk's CRLF.
+    fn queue_last_chunk(&mut self) {
+        debug_assert!(self.suffix.is_empty() || self.suffix == b"\r\n");
+        self.suffix = if self.suffix.is_empty() {
+            b"0\r\n\r\n"
+        } else {
+            b"\r\n0\r\n\r\n"
+        };
+    }
+
+    /// Gives back a head buffer a large message grew.
+    pub fn shrink(&mut self, keep: usize) {
+        if self.out.capacity() > keep {
+            self.out = Vec::with_capacity(keep.min(1024));
+        }
+    }
+
+    /// Writes what is queued to `io`, in as few system calls as the socket allows.
+    pub fn poll_flush<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let head = &self.out[self.out_pos..];
+            if head.is_empty() && self.data.is_empty() && self.suffix.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let slices = [
+                IoSlice::new(head),
+                IoSlice::new(&self.data),
+                IoSlice::new(self.suffix),
+            ];
+            let mut n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let from_head = n.min(head.len());
+            self.out_pos += from_head;
+            n -= from_head;
+            let from_data = n.min(self.data.len());
+            self.data.advance(from_data);
+            if self.data.is_empty() {
+                // An empty slice still holds its buffer (a peer's whole read buffer).
+                self.data = Bytes::new();
+            }
+            n -= from_data;
+            self.suffix = &self.suffix[n.min(self.suffix.len())..];
+        }
+    }
+}
+
+/// Appends a chunk-size line.
+pub fn encode_chunk_size(len: usize, out: &mut Vec<u8>) {
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{len:X}\r\n");
+}
+
+/// Why a body could not be written.
+#[derive(Debug)]
+pub enum WriteError<E> {
+    /// The body itself failed.
+    Body(E),
+    /// The body was longer or shorter than its announced Content-Length.
+    Length,
+    /// The socket failed.
+    Io(io::Error),
+}
+
+/// A body on its way out, framed as its head announced.
+#[derive(Debug)]
+pub struct BodyWriter<B> {
+    body: Option<B>,
+    framing: Framing,
+    /// Bytes still to send for a Content-Length body.
+    left: u64,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> BodyWriter<B> {
+    /// Writes `body` with `framing`.
+    pub fn new(body: B, framing: Framing) -> Self {
+        let left = match framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        let body = (framing != Framing::Empty).then_some(body);
+        BodyWriter {
+            body,
+            framing,
+            left,
+        }
+    }
+
+    /// Sends what `queue` holds and the rest of the body, as fast as the body comes
+    /// and the peer takes it. A body frame that is ready goes out in the same write
+    /// as what is queued before it (the head, most often). Trailers are dropped:
+    /// HTTP/1 peers rarely ask for them.
+    pub fn poll_write<W: AsyncWrite + Unpin>(
+        &mut self,
+        queue: &mut WriteQueue,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), WriteError<B::Error>>> {
+        loop {
+            let mut waiting = false;
+            if queue.can_queue_data()
+                && let Some(body) = self.body.as_mut()
+            {
+                match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data()
+                            && !data.is_empty()
+                        {
+                            let ended = body.is_end_stream();
+                            self.queue(queue, data)?;
+                            if ended {
+                                self.end(queue)?;
+                            }
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(WriteError::Body(e))),
+                    Poll::Ready(None) => self.end(queue)?,
+                    Poll::Pending => waiting = true,
+                }
+            }
+            ready!(queue.poll_flush(io, cx)).map_err(WriteError::Io)?;
+            if self.body.is_none() {
+                return Poll::Ready(Ok(()));
+            }
+            if waiting {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn queue(&mut self, queue: &mut WriteQueue, data: Bytes) -> Result<(), WriteError<B::Error>> {
+        if let Framing::Length(_) = self.framing {
+            let len = data.len() as u64;
+            if len > self.left {
+                return Err(WriteError::Length);
+            }
+            self.left -= len;
+        }
+        queue.queue_data(self.framing, data);
+        Ok(())
+    }
+
+    fn end(&mut self, queue: &mut WriteQueue) -> Result<(), WriteError<B::Error>> {
+        self.body = None;
+        match self.framing {
+            Framing::Chunked => queue.queue_last_chunk(),
+            Framing::Length(_) if self.left != 0 => return Err(WriteError::Length),
+            _ => {}
+        }
+        Ok(())
+    }
+}
