@@ -14,6 +14,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod explain;
+pub mod http1;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
@@ -23,7 +24,6 @@ pub mod shadow;
 pub mod snapshot;
 pub mod tee;
 pub mod upstream;
-pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -10,9 +10,9 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::server::body::{BodyError, ClientBody};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 /// Why a tee delivered no copy.
@@ -109,20 +109,20 @@ impl Tee {
 /// A request body on its way to the primary upstream, copied for the shadow.
 #[derive(Debug)]
 pub struct TeeBody {
-    inner: Incoming,
+    inner: ClientBody,
     tee: Tee,
 }
 
 impl TeeBody {
     /// Streams `inner`, copying it into `tee`.
-    pub fn new(inner: Incoming, tee: Tee) -> Self {
+    pub fn new(inner: ClientBody, tee: Tee) -> Self {
         TeeBody { inner, tee }
     }
 }
 
 impl Body for TeeBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

@@ -14,12 +14,12 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::server::body::ClientBody;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use crate::metrics::{BackendMetrics, Metrics, NO_UPSTREAM, UpstreamErrorKind};
@@ -103,6 +103,14 @@ impl Peer {
     }
 }
 
+impl ProxyState {
+    /// Counts a request the server refused before it could be routed (a malformed or
+    /// oversized head), with the status it was answered.
+    pub fn refused(&self, status: StatusCode) {
+        self.unrouted.record(status, 0.0);
+    }
+}
+
 /// A request that passed validation, with where it goes.
 struct Routed<'s> {
     decision: Decision<'s>,
@@ -115,7 +123,7 @@ struct Routed<'s> {
 /// Serves one request. Never fails: every error becomes a response.
 pub async fn handle(
     state: &ProxyState,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     peer: &Peer,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
@@ -205,7 +213,7 @@ pub async fn handle(
 /// Validates the target and Host, normalizes the path and picks the backend.
 fn route<'s>(
     snapshot: &'s Snapshot,
-    request: &Request<Incoming>,
+    request: &Request<ClientBody>,
 ) -> Result<Routed<'s>, ProxyError> {
     if request.method() == Method::CONNECT {
         return Err(ProxyError::BadTarget);
@@ -249,7 +257,7 @@ fn route<'s>(
 
 /// The Host the client meant: the authority for HTTP/2 and absolute-form targets,
 /// else its single, well-formed Host header (RFC 9112 §3.2).
-fn client_host(request: &Request<Incoming>) -> Result<Option<HeaderValue>, ProxyError> {
+fn client_host(request: &Request<ClientBody>) -> Result<Option<HeaderValue>, ProxyError> {
     let mut hosts = request.headers().get_all(HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -272,7 +280,7 @@ fn client_host(request: &Request<Incoming>) -> Result<Option<HeaderValue>, Proxy
 /// Rewrites the client's request for the upstream: origin-form target, HTTP/1.1,
 /// hop-by-hop headers stripped; returns the forwarding headers to send with it.
 fn rewrite(
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     peer: &Peer,
     target: PathAndQuery,
     host: Option<HeaderValue>,

@@ -1,33 +1,24 @@
-//! Read timeouts for accepted client connections.
+//! Read timeouts for HTTP/2 client connections.
 //!
-//! hyper's HTTP/1 server has a single `header_read_timeout`, armed as soon as a keep-alive
-//! connection starts waiting for its next request head, so it is also the idle keep-alive
-//! timeout. A proxy needs two limits: a short one for a client that has started a request head
-//! but not finished it (slowloris), and a long one for an idle keep-alive connection, which must
-//! exceed the idle timeout of any load balancer in front (else the LB races our close and its
-//! users see 502s). So ficus runs hyper without a timer and enforces both in [`TimedIo`], a
-//! wrapper around the accepted stream that fails a pending read with
-//! [`io::ErrorKind::TimedOut`], which makes hyper close the connection. The connection's service
-//! reports requests in flight through a shared [`ConnActivity`].
-//!
-//! The same timer asks for an idle HTTP/1 connection to be released (`ConnTimeouts::release`):
-//! hyper keeps a read and a write buffer, 8 KiB each, for a connection's whole life, and has no
-//! setting to free them while it idles. So once a keep-alive connection has been quiet for a
-//! moment, [`ConnActivity::take_release`] tells the connection's task to end hyper's connection
-//! (keeping the socket), park on the bare socket until the client sends again, and then start a
-//! new one. See `server::serve_http1`.
+//! hyper's HTTP/2 server cannot tell a client that has started a request head but not
+//! finished it (slowloris: a HEADERS frame trickled byte by byte) from an idle keep-alive
+//! connection. A proxy needs a short limit for the first and a long one for the second, which
+//! must exceed the idle timeout of any load balancer in front (else the LB races our close and
+//! its users see 502s). So ficus enforces both in [`TimedIo`], a wrapper around the accepted
+//! stream that fails a pending read with [`io::ErrorKind::TimedOut`], which makes hyper close
+//! the connection. The connection's service reports requests in flight through a shared
+//! [`ConnActivity`]. (HTTP/1.1 is ficus's own server, which keeps these limits itself: see
+//! `server::h1`.)
 
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 // Memory ordering: every atomic access here is `Relaxed`. The counters publish no other data;
@@ -51,8 +42,6 @@ pub struct ConnActivity {
     /// Requests ever started (wrapping). Lets the wrapper notice a request that started and
     /// finished between two of its polls, which `in_flight` alone would hide.
     started: AtomicUsize,
-    /// Set by the wrapper when the connection has idled for `ConnTimeouts::release`.
-    release: AtomicBool,
 }
 
 impl ConnActivity {
@@ -71,17 +60,6 @@ impl ConnActivity {
     /// Requests currently in flight on the connection.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(ORDER)
-    }
-
-    /// Whether the wrapper asked, since the last call, for the HTTP server to be released.
-    ///
-    /// It asks only when the server is idle: a request has been answered, none is in flight,
-    /// no byte of a next request head has been read and no write is waiting for the client.
-    /// Ending the server then loses nothing: bytes still in the socket stay there for the next
-    /// one, and bytes it read but did not parse go back through [`TimedIo::released`].
-    pub fn take_release(&self) -> bool {
-        // The load keeps the common case (no request) a plain read.
-        self.release.load(ORDER) && self.release.swap(false, ORDER)
     }
 }
 
@@ -105,9 +83,6 @@ pub struct ConnTimeouts {
     pub header_read: Duration,
     /// Longest time a connection may sit with no request in flight and no bytes moving.
     pub idle: Duration,
-    /// How long an idle connection keeps its HTTP server before the wrapper asks for it to be
-    /// released ([`ConnActivity::take_release`]); `None` never asks (HTTP/2).
-    pub release: Option<Duration>,
 }
 
 /// An IO wrapper that fails reads with `io::ErrorKind::TimedOut` when a timeout in [`ConnTimeouts`] expires, so the HTTP server closes the connection.
@@ -138,14 +113,6 @@ pub struct TimedIo<T> {
     /// WINDOW_UPDATE) arrive between requests, so not every byte read with no stream
     /// open is a request head: only a HEADERS frame starts the head deadline.
     frames: Option<H2Frames>,
-    /// A request has started since the server was (re)started on this connection. hyper only
-    /// counts a connection as idle (safe to end without a `Connection: close` on the next
-    /// response) once it has answered one.
-    served: bool,
-    /// The last write found the socket full: the server still holds bytes for the client.
-    write_blocked: bool,
-    /// Bytes read by a released server and not yet parsed, handed out before the socket's.
-    rewind: Bytes,
 }
 
 /// The start of the HTTP/2 connection preface (RFC 9113 §3.4).
@@ -221,9 +188,6 @@ impl<T> TimedIo<T> {
             seen_started,
             sniffed: false,
             frames: None,
-            served: false,
-            write_blocked: false,
-            rewind: Bytes::new(),
         }
     }
 
@@ -236,27 +200,9 @@ impl<T> TimedIo<T> {
         if busy || self.busy || started != self.seen_started {
             self.head_deadline = None;
             self.last_activity = now;
-            if started != self.seen_started {
-                self.served = true;
-            }
-            if !busy {
-                self.arm_release(now);
-            }
         }
         self.busy = busy;
         self.seen_started = started;
-    }
-
-    /// A request just finished: make sure the timer fires by the release deadline. A timer already
-    /// due within two release periods is left alone (it re-arms itself when it fires), so a busy
-    /// keep-alive connection resets it about once per period rather than once per request.
-    fn arm_release(&mut self, now: Instant) {
-        if let Some(release) = self.timeouts.release {
-            let at = after(now, release);
-            if self.sleep.deadline() > after(at, release) {
-                self.sleep.as_mut().reset(at);
-            }
-        }
     }
 
     /// Bytes were read: they keep the connection alive, and if no request is in flight they
@@ -315,23 +261,7 @@ impl<T> TimedIo<T> {
             if now >= idle {
                 return Poll::Ready(Err(timed_out("idle timeout")));
             }
-            let next = self.head_deadline.map_or(idle, |head| head.min(idle));
-            match self.timeouts.release {
-                Some(release) if self.served && self.head_deadline.is_none() => {
-                    let at = after(self.last_activity, release);
-                    if now < at {
-                        next.min(at)
-                    } else if self.write_blocked {
-                        // The client is not reading the response's end: look again later.
-                        next.min(after(now, release))
-                    } else {
-                        // The connection's task takes the flag once this poll returns.
-                        self.activity.release.store(true, ORDER);
-                        next
-                    }
-                }
-                _ => next,
-            }
+            self.head_deadline.map_or(idle, |head| head.min(idle))
         };
         // `next` is in the future. Poll once more to register the waker for it; should the
         // timer still report ready (millisecond rounding at a tick edge), ask to be polled again
@@ -347,49 +277,12 @@ impl<T> TimedIo<T> {
     /// writes a response after (or as) its request finishes, while its pending read may not be
     /// polled again until the timer fires, which would start the idle clock late.
     fn on_write(&mut self, poll: &Poll<io::Result<usize>>) {
-        self.write_blocked = poll.is_pending();
         if let Poll::Ready(Ok(n)) = poll
             && *n > 0
         {
             let now = Instant::now();
             self.observe(now);
             self.last_activity = now;
-        }
-    }
-
-    /// The server was released: `unread` are the bytes it had read and not parsed. Until a new
-    /// server starts, only the idle timeout applies, unless those bytes begin a request head.
-    pub fn released(&mut self, unread: Bytes) {
-        self.served = false;
-        self.write_blocked = false;
-        // A flag raised meanwhile was meant for the server that is gone.
-        self.activity.release.store(false, ORDER);
-        // Empty lines between requests are allowed (RFC 9112 §2.2) and are not a head.
-        let start = unread
-            .iter()
-            .position(|&b| !is_line_end(b))
-            .unwrap_or(unread.len());
-        let unread = &unread[start..];
-        if !unread.is_empty() && self.head_deadline.is_none() {
-            self.start_head(Instant::now());
-        }
-        // A copy: `unread` is a view of the server's whole read buffer, which it would keep.
-        self.rewind = Bytes::copy_from_slice(unread);
-    }
-
-    /// Whether bytes read by a released server are waiting to be read again.
-    pub fn has_unread(&self) -> bool {
-        !self.rewind.is_empty()
-    }
-}
-
-impl TimedIo<TcpStream> {
-    /// Waits, holding no buffer, until the client sends bytes or closes (`Ok`), or the idle
-    /// timeout passes (`Err(TimedOut)`), for a connection whose server was released.
-    pub fn poll_parked(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.inner.poll_read_ready(cx) {
-            Poll::Ready(ready) => Poll::Ready(ready),
-            Poll::Pending => self.poll_deadline(cx),
         }
     }
 }
@@ -399,12 +292,12 @@ fn is_line_end(b: u8) -> bool {
 }
 
 /// Whether `bytes` hold nothing but line ends: what a client may send between requests.
-fn only_empty_lines(bytes: &[u8]) -> bool {
+pub(super) fn only_empty_lines(bytes: &[u8]) -> bool {
     bytes.iter().all(|&b| is_line_end(b))
 }
 
 /// `t + d`, saturating to a far future instead of panicking on overflow (as `tokio::time::sleep`).
-fn after(t: Instant, d: Duration) -> Instant {
+pub(super) fn after(t: Instant, d: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
     t.checked_add(d).or_else(|| t.checked_add(FAR)).unwrap_or(t)
 }
@@ -420,13 +313,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.rewind.is_empty() {
-            // Already seen by `on_read` when first read.
-            let n = this.rewind.len().min(buf.remaining());
-            buf.put_slice(&this.rewind[..n]);
-            this.rewind.advance(n);
-            return Poll::Ready(Ok(()));
-        }
         let now = Instant::now();
         this.observe(now);
         let before = buf.filled().len();

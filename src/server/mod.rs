@@ -1,16 +1,14 @@
 //! The proxy listener: accept loop, per-connection tasks and graceful drain.
 //!
-//! Each connection is served by hyper's HTTP/1.1 or HTTP/2 server, chosen by
-//! peeking for the HTTP/2 preface (cleartext h2 with prior knowledge), so both
+//! Each connection speaks HTTP/1.1 (ficus's own server, [`h1`]) or cleartext HTTP/2 with
+//! prior knowledge (hyper's), told apart by peeking for the HTTP/2 preface, so both
 //! share one port. Connection count is bounded by a semaphore taken
 //! before `accept`, so excess clients wait in the kernel's backlog instead of
 //! costing memory here. On shutdown the listener closes, idle connections are
 //! closed, and in-flight requests get `drain_timeout` to finish.
-//!
-//! An HTTP/1 keep-alive connection that idles for [`RELEASE_IDLE`] gives its hyper
-//! connection (and with it 16 KiB of buffers) back and waits on the bare socket;
-//! its next request starts a new one. See [`serve_http1`].
 
+pub mod body;
+pub mod h1;
 pub mod io;
 
 use std::convert::Infallible;
@@ -19,12 +17,12 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -32,19 +30,12 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::ServerSettings;
-use crate::metrics::ConnectionGauge;
 use crate::proxy::{self, Peer, ResponseBody, SharedState};
+use body::ClientBody;
 use io::{ConnActivity, ConnTimeouts, TimedIo};
 
 /// Most concurrent HTTP/2 streams per client connection (reliability.md §2).
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
-/// Most request headers per HTTP/1 request; more is answered 431.
-pub const H1_MAX_HEADERS: usize = 100;
-/// How long an HTTP/1 keep-alive connection idles before its hyper connection and buffers are
-/// released. Short enough that idle connections cost little (nginx frees its buffers at once);
-/// long enough that a busy connection's requests never pay for a new hyper connection, and the
-/// timer behind it fires about twice a second at most.
-pub const RELEASE_IDLE: Duration = Duration::from_millis(500);
 
 /// A clonable "stop now" signal.
 #[derive(Debug, Clone)]
@@ -133,24 +124,20 @@ impl<'a> StopWatch<'a> {
 
 /// The HTTP/1.1 and HTTP/2 servers, configured once.
 ///
-/// ficus picks the protocol itself (by peeking for the HTTP/2 preface) instead
-/// of using hyper-util's auto builder: the auto connection type holds room for
-/// both protocols and a rewind buffer on every connection, which cost 5.5 KiB
-/// per idle keep-alive connection.
+/// ficus picks the protocol itself (by peeking for the HTTP/2 preface): HTTP/1.1 is
+/// its own server ([`h1`]), HTTP/2 is hyper's.
 struct Protocols {
-    h1: http1::Builder,
+    h1: h1::Limits,
     h2: http2::Builder<TokioExecutor>,
 }
 
 impl Protocols {
     fn new(settings: &ServerSettings) -> Self {
-        let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            // TimedIo enforces the header-read and idle timeouts separately; hyper's
-            // own timer would conflate them (it also runs while a keep-alive connection idles).
-            .header_read_timeout(None)
-            .max_buf_size(settings.max_request_header_bytes)
-            .max_headers(H1_MAX_HEADERS);
+        let h1 = h1::Limits {
+            max_head: settings.max_request_header_bytes,
+            header_read: settings.header_read_timeout,
+            idle: settings.idle_timeout,
+        };
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
@@ -228,6 +215,7 @@ impl Service<Request<Incoming>> for ConnService {
         // connection. Boxed, the slot holds a pointer and the request's state is
         // freed when its response is done.
         Box::pin(async move {
+            let request = request.map(ClientBody::Http2);
             let response = proxy::handle(&state, request, &client).await;
             Ok(response.map(|body| body.with_guard(guard)))
         })
@@ -236,87 +224,6 @@ impl Service<Request<Incoming>> for ConnService {
 
 /// Why a connection's task ended with an error (logged at debug level).
 type ConnError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Serves HTTP/1.1 on one connection until the client closes, a timeout passes or `shutdown`.
-///
-/// hyper's connection holds a read and a write buffer (8 KiB each) for as long as it lives. So
-/// when the connection has idled for [`RELEASE_IDLE`] (the wrapper raises
-/// [`ConnActivity::take_release`]), hyper's connection is shut down gracefully *without*
-/// closing the socket (`poll_without_shutdown`): it is idle, so it ends at once, and hands back
-/// the socket, any bytes it read but did not parse, and the service. The task then waits on the
-/// bare socket and starts a new hyper connection when the client sends again. Clients see one
-/// keep-alive connection.
-///
-/// Every other ending goes through hyper's own `Future`, which flushes what it still holds for
-/// the client before shutting the socket down.
-async fn serve_http1(
-    h1: &http1::Builder,
-    mut io: TimedIo<TcpStream>,
-    mut service: ConnService,
-    gauge: &mut ConnectionGauge,
-    shutdown: &mut Shutdown,
-) -> Result<(), ConnError> {
-    let mut stop = StopWatch::new(shutdown);
-    let mut stopping = false;
-    loop {
-        let activity = service.activity.clone();
-        // Boxed, so a parked connection's task does not keep room for it.
-        let mut conn = Box::new(h1.serve_connection(TokioIo::new(io), service));
-        // At most one attempt per hyper connection: after one that found it busy, it closes.
-        let mut tried = false;
-        let released = poll_fn(|cx| {
-            if !stopping && stop.poll_stopped(cx) {
-                stopping = true;
-                Pin::new(&mut *conn).graceful_shutdown();
-            }
-            let poll = Pin::new(&mut *conn).poll(cx);
-            // The wrapper raises the flag from inside that poll (its timer fired).
-            if poll.is_pending() && !stopping && !tried && activity.take_release() {
-                tried = true;
-                Pin::new(&mut *conn).graceful_shutdown();
-                // An idle connection ends on this very poll. One that is not (the rest of
-                // a request body still arriving) has now lost keep-alive: it finishes its
-                // exchange and closes like any other, through the polls above.
-                if let Poll::Ready(result) = conn.poll_without_shutdown(cx) {
-                    return Poll::Ready(result.map(|()| true));
-                }
-            }
-            poll.map(|result| result.map(|()| false))
-        })
-        .await?;
-        if !released {
-            return Ok(());
-        }
-        let http1::Parts {
-            io: returned,
-            read_buf,
-            service: returned_service,
-            ..
-        } = conn.into_parts();
-        tracing::trace!("connection idle: hyper connection released");
-        io = returned.into_inner();
-        io.released(read_buf);
-        service = returned_service;
-        if io.has_unread() {
-            continue;
-        }
-        gauge.set_idle(true);
-        let parked = poll_fn(|cx| {
-            if stop.poll_stopped(cx) {
-                return Poll::Ready(None);
-            }
-            io.poll_parked(cx).map(Some)
-        })
-        .await;
-        gauge.set_idle(false);
-        match parked {
-            // The client sent bytes, or closed: the new connection reads which.
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(e.into()),
-            None => return Ok(()),
-        }
-    }
-}
 
 /// Serves HTTP/2 on one connection until the client closes, a timeout passes or `shutdown`.
 async fn serve_http2(
@@ -354,22 +261,27 @@ async fn serve_connection(
         protocol = sniff(&stream, timeouts) => protocol,
         () = shutdown.wait() => Protocol::Close,
     };
-    let activity = Arc::new(ConnActivity::default());
-    let service = ConnService {
-        state,
-        client: Arc::new(Peer::new(peer)),
-        activity: activity.clone(),
-    };
     let result = match protocol {
         Protocol::Http1 => {
-            let timeouts = ConnTimeouts {
-                release: Some(RELEASE_IDLE),
-                ..timeouts
-            };
-            let io = TimedIo::new(stream, activity, timeouts);
-            serve_http1(&protocols.h1, io, service, &mut gauge, &mut shutdown).await
+            let client = Peer::new(peer);
+            let mut stop = StopWatch::new(&mut shutdown);
+            h1::serve(
+                stream,
+                &state,
+                &client,
+                &protocols.h1,
+                &mut gauge,
+                &mut stop,
+            )
+            .await
         }
         Protocol::Http2 => {
+            let activity = Arc::new(ConnActivity::default());
+            let service = ConnService {
+                state,
+                client: Arc::new(Peer::new(peer)),
+                activity: activity.clone(),
+            };
             let io = TimedIo::new(stream, activity, timeouts);
             serve_http2(&protocols.h2, io, service, &mut shutdown).await
         }
@@ -394,7 +306,6 @@ pub async fn serve(
     let timeouts = ConnTimeouts {
         header_read: settings.header_read_timeout,
         idle: settings.idle_timeout,
-        release: None,
     };
     loop {
         let permit = tokio::select! {

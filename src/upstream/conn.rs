@@ -19,9 +19,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::ext::ReasonPhrase;
 use tokio::net::TcpStream;
 
-use super::codec::{self, Chunked, Decoded, Field, ResponseFraming, ResponseHead};
 use super::{EndpointPool, RequestBody, SendError};
-use crate::wire::{BodyWriter, Framing, WriteError, WriteQueue};
+use crate::http1::codec::{self, Chunked, Decoded, Field, ResponseFraming, ResponseHead};
+use crate::http1::wire::{BodyWriter, Framing, WriteError, WriteQueue};
 
 /// First read buffer of a connection; reads grow it up to [`MAX_READ`] while they fill it.
 const FIRST_READ: usize = 8 * 1024;

@@ -8,7 +8,7 @@
 //! a system call, from the socket's readiness) and dropped; one closed just as
 //! ficus writes to it is replaced by a fresh one for requests safe to repeat.
 //!
-//! ficus speaks HTTP/1.1 to upstreams itself ([`codec`], [`conn`]): each
+//! ficus speaks HTTP/1.1 to upstreams itself ([`crate::http1`], [`conn`]): each
 //! connection is driven by the task of the request using it, with no connection
 //! task and no channels. hyper's client spent about a third of all instructions
 //! per proxied request on that machinery.
@@ -21,7 +21,6 @@
 //! [`Upstream`] (and so its warm connections); a changed one gets fresh pools,
 //! and the old ones are dropped when the last request holding them ends.
 
-mod codec;
 mod conn;
 
 use std::future::poll_fn;
@@ -31,16 +30,17 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::server::body::{BodyError, ClientBody};
 use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use crate::config::{Endpoint, UpstreamSpec};
+use crate::http1::codec;
+use crate::http1::wire::Framing;
 use crate::tee::TeeBody;
-use crate::wire::Framing;
 pub use codec::Field;
 pub use codec::ProtocolError;
 use codec::ResponseHead;
@@ -51,7 +51,7 @@ use conn::{Connection, RequestWriter};
 #[derive(Debug)]
 pub enum RequestBody {
     /// The client's body, streamed.
-    Stream(Incoming),
+    Stream(ClientBody),
     /// The client's body, streamed and copied for a shadow.
     Tee(Box<TeeBody>),
     /// A body already in memory (a shadow's copy).
@@ -67,7 +67,7 @@ impl RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -122,7 +122,7 @@ pub enum SendError {
     Truncated,
     /// The client's request body failed (it went away, or broke its framing).
     #[error("client request body failed: {0}")]
-    ClientBody(#[source] hyper::Error),
+    ClientBody(#[source] BodyError),
     /// A body in memory did not match its declared Content-Length.
     #[error("request body length does not match its content-length")]
     BodyLength,

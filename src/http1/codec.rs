@@ -1,4 +1,4 @@
-//! HTTP/1.1 as ficus speaks it to upstreams: request heads written from
+//! HTTP/1.1 heads and bodies: request heads written from
 //! `http::request::Parts`, response heads parsed with httparse, and response
 //! bodies framed per RFC 9112 §6.3. Pure functions over byte buffers; the
 //! connection in [`super::conn`] does the I/O.
@@ -16,9 +16,9 @@ use http::header::{
     CONNECTION, CONTENT_LENGTH, COOKIE, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
 };
 use http::request::Parts;
-use http::{Method, StatusCode, Version};
+use http::{Method, StatusCode, Uri, Version};
 
-pub use crate::wire::Framing;
+pub use crate::http1::wire::Framing;
 
 /// Most header lines in a response head (hyper's client allows the same).
 pub const MAX_HEADERS: usize = 100;
@@ -134,6 +134,68 @@ pub fn encode_request_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Writes a response's status line and headers to `out`: its own headers, then the
+/// fields the server adds (`extra`: framing, `date`, `connection`). The status line
+/// says HTTP/1.1 whatever the client spoke (RFC 9110 §2.5); `reason` replaces the
+/// status's usual phrase.
+pub fn encode_response_head(
+    status: StatusCode,
+    reason: Option<&[u8]>,
+    headers: &HeaderMap,
+    extra: &[(&HeaderName, &[u8])],
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    let reason = reason.unwrap_or_else(|| status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\n");
+    let fields = headers.iter().map(|(name, value)| (name, value.as_bytes()));
+    for (name, value) in fields.chain(extra.iter().copied()) {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How a response to a client is framed, per RFC 9112 §6.3 from the server's side:
+/// no body after HEAD, 1xx, 204 and 304; else the body's exact size if known, as
+/// the Content-Length it has or one to announce (`Some(length)`); else chunked for
+/// HTTP/1.1 clients and close-delimited for HTTP/1.0 ones. A Content-Length on a
+/// body of unknown size is removed. Transfer-Encoding must already be gone (it is
+/// hop-by-hop).
+pub fn response_body_framing(
+    head_request: bool,
+    status: StatusCode,
+    headers: &mut HeaderMap,
+    exact: Option<u64>,
+    client: Version,
+) -> (Framing, Option<u64>) {
+    if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return (Framing::Empty, None);
+    }
+    if headers.contains_key(CONTENT_LENGTH) {
+        // Set by the upstream, whose client checked it and sized the body by it, or by
+        // ficus, whose bodies have an exact size: the body's size is the length.
+        if let Some(length) = exact {
+            return (Framing::Length(length), None);
+        }
+        headers.remove(CONTENT_LENGTH);
+    }
+    match exact {
+        Some(length) => (Framing::Length(length), Some(length)),
+        None if client == Version::HTTP_11 => (Framing::Chunked, None),
+        None => (Framing::Close, None),
+    }
+}
+
 /// A parsed response head.
 #[derive(Debug)]
 pub struct ResponseHead {
@@ -170,17 +232,7 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, P
         match parsed {
             Ok(httparse::Status::Complete(len)) => {
                 let base = buf.as_ptr() as usize;
-                for (span, header) in spans.iter_mut().zip(response.headers.iter()) {
-                    // Offsets into `buf`, which httparse only borrowed: the head is
-                    // at most MAX_HEAD_BYTES long, checked below, so they fit in u32.
-                    let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-                    let name = header.name.as_bytes();
-                    span.name = (offset(name), offset(name) + name.len() as u32);
-                    span.value = (
-                        offset(header.value),
-                        offset(header.value) + header.value.len() as u32,
-                    );
-                }
+                record_spans(base, response.headers, &mut spans);
                 let reason = response.reason.unwrap_or("");
                 let code = response.code.unwrap_or(0);
                 let usual = StatusCode::from_u16(code)
@@ -216,21 +268,206 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, P
         Version::HTTP_11
     };
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    for span in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[span.name.0 as usize..span.name.1 as usize])
-            .map_err(|_| ProtocolError::Head("header name"))?;
-        let value = HeaderValue::from_maybe_shared(
-            head.slice(span.value.0 as usize..span.value.1 as usize),
-        )
-        .map_err(|_| ProtocolError::Head("header value"))?;
-        headers.append(name, value);
-    }
+    let headers = header_map(&head, &spans[..count]).map_err(ProtocolError::Head)?;
     Ok(Some(ResponseHead {
         status,
         reason: reason.map(|(start, len)| head.slice(start..start + len)),
         version,
         headers,
+    }))
+}
+
+/// Records where each of `headers` sits in the buffer starting at `base`.
+fn record_spans(base: usize, headers: &[httparse::Header<'_>], spans: &mut [Span]) {
+    for (span, header) in spans.iter_mut().zip(headers) {
+        // Offsets into the buffer httparse borrowed: callers bound a head to far
+        // less than 4 GiB before building from them, so they fit in u32.
+        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        let name = header.name.as_bytes();
+        span.name = (offset(name), offset(name) + name.len() as u32);
+        span.value = (
+            offset(header.value),
+            offset(header.value) + header.value.len() as u32,
+        );
+    }
+}
+
+/// The header fields at `spans` of `head`; values share its bytes.
+fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, &'static str> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for span in spans {
+        let name = HeaderName::from_bytes(&head[span.name.0 as usize..span.name.1 as usize])
+            .map_err(|_| "header name")?;
+        let value = HeaderValue::from_maybe_shared(
+            head.slice(span.value.0 as usize..span.value.1 as usize),
+        )
+        .map_err(|_| "header value")?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// A client's request head that ficus will not serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestHeadError {
+    /// The request line or a header line is malformed: answered 400.
+    #[error("malformed request head: {0}")]
+    Malformed(&'static str),
+    /// The head is over the configured size or has more than [`MAX_HEADERS`] lines:
+    /// answered 431.
+    #[error("request head too large")]
+    TooLarge,
+}
+
+/// A parsed request head.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub method: Method,
+    pub uri: Uri,
+    /// HTTP/1.0 or HTTP/1.1.
+    pub version: Version,
+    pub headers: HeaderMap,
+    /// How its body is delimited.
+    pub body: RequestBodyLength,
+    /// Whether the client lets the connection carry another request after this one.
+    pub keep_alive: bool,
+    /// Whether the client sent `Expect: 100-continue` (HTTP/1.1 only).
+    pub expect_continue: bool,
+}
+
+/// What the server needs from a request's header lines, gathered as they are read
+/// rather than looked up in the header map.
+#[derive(Debug, Default)]
+struct Facts {
+    length: Option<u64>,
+    length_invalid: bool,
+    /// Transfer-Encoding seen, and whether the last coding of its last field is chunked.
+    transfer_encoding: Option<bool>,
+    close: bool,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+impl Facts {
+    fn observe(&mut self, name: &[u8], value: &[u8]) {
+        match name.len() {
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                // `Content-Length: 5, 5` is a list of one length (RFC 9110 §8.6).
+                for item in value.split(|&b| b == b',') {
+                    match parse_digits(item.trim_ascii()) {
+                        Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
+                        _ => self.length_invalid = true,
+                    }
+                }
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                let last = value.rsplit(|&b| b == b',').next().unwrap_or(b"");
+                self.transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                for token in value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    self.close |= token.eq_ignore_ascii_case(b"close");
+                    self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            6 if name.eq_ignore_ascii_case(b"expect") => {
+                self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+            }
+            _ => {}
+        }
+    }
+
+    /// How the body is delimited (RFC 9112 §6.3). Anything a server and the upstream
+    /// behind it could read differently is refused (request smuggling): both
+    /// Content-Length and Transfer-Encoding, a coding other than chunked last,
+    /// Transfer-Encoding on HTTP/1.0, a malformed or conflicting Content-Length.
+    fn body(&self, version: Version) -> Result<RequestBodyLength, RequestHeadError> {
+        match self.transfer_encoding {
+            Some(_) if version == Version::HTTP_10 => {
+                Err(RequestHeadError::Malformed("transfer-encoding in HTTP/1.0"))
+            }
+            Some(_) if self.length.is_some() || self.length_invalid => Err(
+                RequestHeadError::Malformed("both content-length and transfer-encoding"),
+            ),
+            Some(false) => Err(RequestHeadError::Malformed("transfer coding not chunked")),
+            Some(true) => Ok(RequestBodyLength::Chunked),
+            None if self.length_invalid => Err(RequestHeadError::Malformed("content-length")),
+            None => Ok(match self.length {
+                None | Some(0) => RequestBodyLength::Empty,
+                Some(n) => RequestBodyLength::Length(n),
+            }),
+        }
+    }
+}
+
+/// Parses a request head at the start of `buf`, skipping the empty lines a client
+/// may send before it (RFC 9112 §2.2). On success the head's bytes are split off
+/// `buf`, and the target and header values share them; `Ok(None)` means more bytes
+/// are needed. A head longer than `max_bytes` is [`RequestHeadError::TooLarge`].
+pub fn parse_request_head(
+    buf: &mut BytesMut,
+    max_bytes: usize,
+) -> Result<Option<RequestHead>, RequestHeadError> {
+    let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut spans = [Span::default(); MAX_HEADERS];
+    let mut facts = Facts::default();
+    let (len, method, target, version, count) = {
+        let mut request = httparse::Request::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+            &mut request,
+            buf,
+            &mut lines,
+        );
+        match parsed {
+            Ok(httparse::Status::Complete(len)) if len > max_bytes => {
+                return Err(RequestHeadError::TooLarge);
+            }
+            Ok(httparse::Status::Complete(len)) => {
+                let base = buf.as_ptr() as usize;
+                record_spans(base, request.headers, &mut spans);
+                for header in request.headers.iter() {
+                    facts.observe(header.name.as_bytes(), header.value);
+                }
+                // Complete: httparse has set the method, target and version.
+                let method = Method::from_bytes(request.method.unwrap_or("").as_bytes())
+                    .map_err(|_| RequestHeadError::Malformed("method"))?;
+                let target = request.path.unwrap_or("");
+                let target = (target.as_ptr() as usize - base, target.len());
+                (
+                    len,
+                    method,
+                    target,
+                    request.version.unwrap_or(1),
+                    request.headers.len(),
+                )
+            }
+            Ok(httparse::Status::Partial) if buf.len() > max_bytes => {
+                return Err(RequestHeadError::TooLarge);
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(RequestHeadError::TooLarge),
+            Err(e) => return Err(RequestHeadError::Malformed(parse_error(e))),
+        }
+    };
+    let version = if version == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let body = facts.body(version)?;
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
+        .map_err(|_| RequestHeadError::Malformed("target"))?;
+    let headers = header_map(&head, &spans[..count]).map_err(RequestHeadError::Malformed)?;
+    Ok(Some(RequestHead {
+        method,
+        uri,
+        version,
+        headers,
+        body,
+        keep_alive: !facts.close && (version == Version::HTTP_11 || facts.keep_alive),
+        expect_continue: facts.expect_continue && version == Version::HTTP_11,
     }))
 }
 
@@ -264,7 +501,7 @@ pub fn response_framing(
     method: &Method,
     head: &mut ResponseHead,
 ) -> Result<(ResponseFraming, bool), ProtocolError> {
-    let mut reusable = keeps_alive(head);
+    let mut reusable = keeps_alive(head.version, &head.headers);
     let status = head.status;
     if status == StatusCode::SWITCHING_PROTOCOLS {
         // The connection speaks another protocol from here on.
@@ -291,25 +528,43 @@ pub fn response_framing(
             (ResponseFraming::Close, false)
         });
     }
-    let mut lengths = head.headers.get_all(CONTENT_LENGTH).iter().peekable();
-    if lengths.peek().is_none() {
-        return Ok((ResponseFraming::Close, false));
+    match content_length(&head.headers) {
+        Ok(Some(length)) => Ok((ResponseFraming::Length(length), reusable)),
+        Ok(None) => Ok((ResponseFraming::Close, false)),
+        Err(InvalidLength) => Err(ProtocolError::ContentLength),
     }
+}
+
+/// The Content-Length of a message, if it has one. Repeated fields and lists must all
+/// give the same length (`Content-Length: 5, 5` is a list of one, RFC 9110 §8.6).
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, InvalidLength> {
     let mut length = None;
-    for value in lengths {
-        let text = value.to_str().map_err(|_| ProtocolError::ContentLength)?;
-        // `Content-Length: 5, 5` is a list of one length (RFC 9110 §8.6).
+    for value in headers.get_all(CONTENT_LENGTH) {
+        let text = value.to_str().map_err(|_| InvalidLength)?;
         for item in text.split(',') {
-            let parsed =
-                parse_digits(item.trim().as_bytes()).ok_or(ProtocolError::ContentLength)?;
+            let parsed = parse_digits(item.trim().as_bytes()).ok_or(InvalidLength)?;
             if length.is_some_and(|l| l != parsed) {
-                return Err(ProtocolError::ContentLength);
+                return Err(InvalidLength);
             }
             length = Some(parsed);
         }
     }
-    let length = length.ok_or(ProtocolError::ContentLength)?;
-    Ok((ResponseFraming::Length(length), reusable))
+    match length {
+        // Fields present but no item in them: `Content-Length: ,`.
+        None if headers.contains_key(CONTENT_LENGTH) => Err(InvalidLength),
+        length => Ok(length),
+    }
+}
+
+/// How a client's request body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestBodyLength {
+    /// No body: neither Content-Length nor Transfer-Encoding (or Content-Length: 0).
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
 }
 
 /// Whether the final transfer coding is chunked (the only one ficus decodes).
@@ -324,17 +579,17 @@ fn is_chunked_last(headers: &HeaderMap) -> bool {
 }
 
 /// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only with `keep-alive`.
-fn keeps_alive(head: &ResponseHead) -> bool {
+pub fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
     let mut close = false;
     let mut keep_alive = false;
-    for value in head.headers.get_all(CONNECTION) {
+    for value in headers.get_all(CONNECTION) {
         for token in value.to_str().unwrap_or("close").split(',') {
             let token = token.trim();
             close |= token.eq_ignore_ascii_case("close");
             keep_alive |= token.eq_ignore_ascii_case("keep-alive");
         }
     }
-    !close && (head.version == Version::HTTP_11 || keep_alive)
+    !close && (version == Version::HTTP_11 || keep_alive)
 }
 
 /// A Content-Length value: one run of ASCII digits that fits in u64.

@@ -364,6 +364,6 @@ fn request_head_is_written_in_origin_form() {
         "POST /a/b?c=d HTTP/1.1\r\nhost: example.com\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 3\r\nx-request-id: id-1\r\n\r\n"
     );
     let mut line = Vec::new();
-    crate::wire::encode_chunk_size(255, &mut line);
+    crate::http1::wire::encode_chunk_size(255, &mut line);
     assert_eq!(line, b"FF\r\n");
 }

@@ -1,0 +1,554 @@
+//! ficus's own HTTP/1.1 server: one task per connection reads a request head, runs
+//! [`proxy::handle`] on it, and writes the response, with no channel between the
+//! socket and the request and no buffer held while the connection idles.
+//!
+//! A connection goes through three phases per request:
+//! - **head**: wait for the first byte (bounded by `idle_timeout`), then for the
+//!   whole head (bounded by `header_read_timeout` from its first byte). A head over
+//!   `max_request_header_bytes` or 100 fields is answered 431, a malformed one 400.
+//!   After [`RELEASE_IDLE`] without a request the read buffer is freed.
+//! - **request**: the handler runs. A request body is read by whoever polls it, with
+//!   the connection's [`Reader`] handed over for that (see [`super::body`]). A request
+//!   without a body leaves the reader here, and the connection watches it: a client
+//!   that closes cancels its request, as with hyper.
+//! - **response**: the head goes out in the same write as the first body bytes when
+//!   they are ready; the body streams with the client's pace as backpressure.
+//!
+//! No connection timeout applies during the request and response phases: route
+//! timeouts govern them. A request whose body was not read to its end, a client that
+//! asked for `close`, an HTTP/1.0 response without a length, and shutdown all end the
+//! connection after the response; bytes the client may still send are read and
+//! dropped for a moment ([`LINGER`]) so that closing does not reset the connection
+//! under the response.
+
+use std::cell::RefCell;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HeaderName, TRANSFER_ENCODING};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::ext::ReasonPhrase;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+
+use super::body::{ClientBody, Http1Body, Reader, Returned};
+use super::io::{after, only_empty_lines};
+use super::{ConnError, StopWatch};
+use crate::http1::codec::{self, RequestBodyLength, RequestHead, RequestHeadError};
+use crate::http1::wire::{BodyWriter, Framing, WriteError, WriteQueue};
+use crate::metrics::ConnectionGauge;
+use crate::proxy::{self, Peer, ResponseBody, SharedState};
+
+/// How long an idle keep-alive connection keeps its read buffer. Short enough that
+/// idle connections cost little (nginx frees its buffers at once); long enough that
+/// a busy connection's requests never pay for a new buffer, and the timer behind it
+/// fires about twice a second at most.
+pub const RELEASE_IDLE: Duration = Duration::from_millis(500);
+/// How long a closing connection reads and drops what the client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+/// Most bytes dropped while lingering.
+const LINGER_BYTES: usize = 1024 * 1024;
+/// The interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Limits of the HTTP/1.1 server, from `[server]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest request head.
+    pub max_head: usize,
+    /// Longest wait for a whole request head once its first byte has arrived.
+    pub header_read: Duration,
+    /// Longest wait for a next request on a keep-alive connection.
+    pub idle: Duration,
+}
+
+/// Why reading a request head ended without one.
+enum NoHead {
+    /// The client closed, or shutdown came while no head had started.
+    Closed,
+    /// The head is refused: answered 400 or 431.
+    Refused(RequestHeadError),
+    TimedOut(&'static str),
+    Io(io::Error),
+}
+
+/// One client connection.
+struct Conn<'a> {
+    /// The read side; `None` while a request body has it.
+    reader: Option<Reader>,
+    write: OwnedWriteHalf,
+    queue: WriteQueue,
+    limits: &'a Limits,
+    /// The connection's one timer, re-armed lazily: it fires no later than the
+    /// earliest deadline that applies, which is only worked out when it fires.
+    timer: Pin<Box<Sleep>>,
+    /// When the client last sent bytes or a response was last finished.
+    last_active: Instant,
+    /// The read buffer was freed while idling (counted as an idle connection).
+    released: bool,
+    /// The client has closed its side: no more requests will come.
+    read_closed: bool,
+}
+
+/// Serves HTTP/1.1 on `stream` until the client closes, a timeout passes or shutdown.
+pub(super) async fn serve(
+    stream: TcpStream,
+    state: &SharedState,
+    peer: &Peer,
+    limits: &Limits,
+    gauge: &mut ConnectionGauge,
+    stop: &mut StopWatch<'_>,
+) -> Result<(), ConnError> {
+    let (read, write) = stream.into_split();
+    let now = Instant::now();
+    let mut conn = Conn {
+        reader: Some(Reader::new(read)),
+        write,
+        queue: WriteQueue::with_capacity(1024),
+        limits,
+        timer: Box::pin(tokio::time::sleep_until(after(now, limits.idle))),
+        last_active: now,
+        released: false,
+        read_closed: false,
+    };
+    let result = conn.serve(state, peer, gauge, stop).await;
+    gauge.set_idle(false);
+    result
+}
+
+impl Conn<'_> {
+    async fn serve(
+        &mut self,
+        state: &SharedState,
+        peer: &Peer,
+        gauge: &mut ConnectionGauge,
+        stop: &mut StopWatch<'_>,
+    ) -> Result<(), ConnError> {
+        loop {
+            let head = match self.read_head(gauge, stop).await {
+                Ok(head) => head,
+                Err(NoHead::Closed) => return Ok(()),
+                Err(NoHead::Refused(e)) => {
+                    self.refuse(state, &e).await;
+                    return Ok(());
+                }
+                Err(NoHead::TimedOut(what)) => return Err(what.into()),
+                Err(NoHead::Io(e)) => return Err(e.into()),
+            };
+            let mut keep_alive = head.keep_alive;
+            let client = head.version;
+            let head_request = head.method == Method::HEAD;
+            let (request, mut returned) = self.request(head)?;
+            if let Some(answer) = self.answer(state, peer, request, stop).await {
+                keep_alive &= !stop.stopped;
+                if let Some(back) = returned.as_mut() {
+                    // A body the handler dropped unread has come back already: say
+                    // `close` now rather than close without warning.
+                    match back.try_recv() {
+                        Ok(Returned { reader, finished }) => {
+                            keep_alive &= finished;
+                            self.reader = Some(reader);
+                            returned = None;
+                        }
+                        Err(oneshot::error::TryRecvError::Empty) => {}
+                        Err(oneshot::error::TryRecvError::Closed) => keep_alive = false,
+                    }
+                }
+                keep_alive = self
+                    .respond(answer, head_request, client, keep_alive)
+                    .await?;
+            } else {
+                // The client closed before its answer: the request is cancelled.
+                return Ok(());
+            }
+            if let Some(back) = returned {
+                // The body is still being read (an upload the upstream answered early).
+                match tokio::time::timeout(self.limits.idle, back).await {
+                    Ok(Ok(Returned { reader, finished })) => {
+                        keep_alive &= finished;
+                        self.reader = Some(reader);
+                    }
+                    _ => return Ok(()),
+                }
+            }
+            if !keep_alive {
+                self.close().await;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits for a whole request head; see the module documentation for the limits.
+    async fn read_head(
+        &mut self,
+        gauge: &mut ConnectionGauge,
+        stop: &mut StopWatch<'_>,
+    ) -> Result<RequestHead, NoHead> {
+        let now = Instant::now();
+        self.last_active = now;
+        let limits = *self.limits;
+        // The timer must fire by the release deadline. One already due within two
+        // release periods is left alone (it re-arms itself when it fires), so a busy
+        // connection resets it about once per period rather than once per request.
+        let release_at = after(now, RELEASE_IDLE.min(limits.idle));
+        if self.timer.deadline() > after(release_at, RELEASE_IDLE) {
+            self.timer.as_mut().reset(release_at);
+        }
+        let mut head_deadline: Option<Instant> = None;
+        poll_fn(|cx| {
+            loop {
+                // Invariant: a head is read only while the connection holds its reader.
+                let Some(reader) = self.reader.as_mut() else {
+                    return Poll::Ready(Err(NoHead::Closed));
+                };
+                if !reader.buf.is_empty() {
+                    match codec::parse_request_head(&mut reader.buf, limits.max_head) {
+                        Ok(Some(head)) => return Poll::Ready(Ok(head)),
+                        Ok(None) => {}
+                        Err(e) => return Poll::Ready(Err(NoHead::Refused(e))),
+                    }
+                    // Empty lines between requests are allowed (RFC 9112 §2.2) and are
+                    // not a head.
+                    if head_deadline.is_none() && !only_empty_lines(&reader.buf) {
+                        let deadline = after(Instant::now(), limits.header_read);
+                        head_deadline = Some(deadline);
+                        if deadline < self.timer.deadline() {
+                            self.timer.as_mut().reset(deadline);
+                        }
+                    }
+                }
+                if head_deadline.is_none() && stop.poll_stopped(cx) {
+                    return Poll::Ready(Err(NoHead::Closed));
+                }
+                if self.released {
+                    // Waiting without a buffer until the client sends.
+                    match reader.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {
+                            self.released = false;
+                            gauge.set_idle(false);
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(NoHead::Io(e))),
+                        Poll::Pending => {}
+                    }
+                }
+                if !self.released {
+                    match reader.poll_fill(cx) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(NoHead::Closed)),
+                        Poll::Ready(Ok(_)) => {
+                            self.last_active = Instant::now();
+                            continue;
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(NoHead::Io(e))),
+                        Poll::Pending => {}
+                    }
+                }
+                return self.poll_deadline(cx, head_deadline, gauge);
+            }
+        })
+        .await
+    }
+
+    /// Called when the client has nothing more to read: polls the timer so the task is
+    /// woken at the next deadline, and fails if a deadline has passed.
+    fn poll_deadline(
+        &mut self,
+        cx: &mut Context<'_>,
+        head_deadline: Option<Instant>,
+        gauge: &mut ConnectionGauge,
+    ) -> Poll<Result<RequestHead, NoHead>> {
+        if self.timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        // The timer fired: only now work out which deadline, if any, has passed.
+        let now = Instant::now();
+        let idle_at = after(self.last_active, self.limits.idle);
+        let mut next = idle_at;
+        if let Some(head) = head_deadline {
+            if now >= head {
+                return Poll::Ready(Err(NoHead::TimedOut("header read timeout")));
+            }
+            next = next.min(head);
+        }
+        if now >= idle_at {
+            return Poll::Ready(Err(NoHead::TimedOut("idle timeout")));
+        }
+        if head_deadline.is_none() && !self.released {
+            let release_at = after(self.last_active, RELEASE_IDLE);
+            if now < release_at {
+                next = next.min(release_at);
+            } else if let Some(reader) = self.reader.as_mut() {
+                // Nothing but empty lines, if anything, is waiting in the buffer.
+                reader.buf.clear();
+                reader.release();
+                self.released = true;
+                gauge.set_idle(true);
+                tracing::trace!("connection idle: read buffer released");
+            }
+        }
+        // `next` is in the future. Poll once more to register the waker for it; should
+        // the timer still report ready (millisecond rounding at a tick edge), ask to be
+        // polled again rather than loop here.
+        self.timer.as_mut().reset(next);
+        if self.timer.as_mut().poll(cx).is_ready() {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+
+    /// The request for the handler. A body takes the reader with it; the receiver
+    /// gets it back.
+    #[allow(clippy::type_complexity)]
+    fn request(
+        &mut self,
+        head: RequestHead,
+    ) -> Result<(Request<ClientBody>, Option<oneshot::Receiver<Returned>>), ConnError> {
+        let RequestHead {
+            method,
+            uri,
+            version,
+            mut headers,
+            body: length,
+            expect_continue,
+            ..
+        } = head;
+        let mut returned = None;
+        let body = match length {
+            RequestBodyLength::Empty => ClientBody::Empty,
+            RequestBodyLength::Length(_) | RequestBodyLength::Chunked => {
+                // ficus answers `Expect: 100-continue` itself, at once: it forwards the
+                // body as soon as it comes, so there is nothing to wait for.
+                if expect_continue {
+                    headers.remove(EXPECT);
+                    self.queue.head().extend_from_slice(CONTINUE);
+                }
+                let reader = self.reader.take().ok_or("request body without a reader")?;
+                let (tx, rx) = oneshot::channel();
+                returned = Some(rx);
+                let length = match length {
+                    RequestBodyLength::Length(n) => Some(n),
+                    _ => None,
+                };
+                ClientBody::Http1(Http1Body::new(reader, length, tx))
+            }
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = version;
+        *request.headers_mut() = headers;
+        Ok((request, returned))
+    }
+
+    /// Runs the handler until it answers; `None` if the client closed first.
+    async fn answer(
+        &mut self,
+        state: &SharedState,
+        peer: &Peer,
+        request: Request<ClientBody>,
+        stop: &mut StopWatch<'_>,
+    ) -> Option<Response<ResponseBody>> {
+        // Boxed: a connection's task would otherwise keep room for the handler's
+        // state (about 3 KiB) while it idles.
+        let mut handler = Box::pin(proxy::handle(state, request, peer));
+        poll_fn(|cx| {
+            // A `100 Continue` queued with the request goes out first.
+            if let Poll::Ready(Err(_)) = self.queue.poll_flush(&mut self.write, cx) {
+                return Poll::Ready(None);
+            }
+            if let Poll::Ready(response) = handler.as_mut().poll(cx) {
+                return Poll::Ready(Some(response));
+            }
+            stop.poll_stopped(cx);
+            // A client that closes before its answer cancels its request, as with
+            // hyper. (One that only half-closed cannot be told apart.)
+            if self.poll_read_closed(cx) {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Whether the client has closed (or half-closed) the connection, watched while its
+    /// request is served (unless its body has the reader). Bytes it sends meanwhile (a
+    /// pipelined next request) are kept, up to the size of a head.
+    fn poll_read_closed(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.read_closed {
+            return true;
+        }
+        let Some(reader) = self.reader.as_mut() else {
+            return false;
+        };
+        while reader.buf.len() < self.limits.max_head {
+            match reader.poll_fill(cx) {
+                Poll::Ready(Ok(0) | Err(_)) => {
+                    self.read_closed = true;
+                    return true;
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => return false,
+            }
+        }
+        false
+    }
+
+    /// Writes `response`; whether the connection can carry another request after it.
+    async fn respond(
+        &mut self,
+        response: Response<ResponseBody>,
+        head_request: bool,
+        client: Version,
+        mut keep_alive: bool,
+    ) -> Result<bool, ConnError> {
+        // A `100 Continue` still queued goes first.
+        poll_fn(|cx| self.queue.poll_flush(&mut self.write, cx)).await?;
+        let (mut parts, body) = response.into_parts();
+        let exact = http_body::Body::size_hint(&body).exact();
+        let (framing, announce) = codec::response_body_framing(
+            head_request,
+            parts.status,
+            &mut parts.headers,
+            exact,
+            client,
+        );
+        keep_alive &= framing != Framing::Close;
+        let date = http_date();
+        let mut digits = [0u8; 20];
+        let mut extra: [(&HeaderName, &[u8]); 3] = [(&DATE, b""); 3];
+        let mut n = 0;
+        if !parts.headers.contains_key(DATE) {
+            extra[n] = (&DATE, &date);
+            n += 1;
+        }
+        if let Some(length) = announce {
+            extra[n] = (&CONTENT_LENGTH, decimal(length, &mut digits));
+            n += 1;
+        } else if framing == Framing::Chunked {
+            extra[n] = (&TRANSFER_ENCODING, b"chunked");
+            n += 1;
+        }
+        if !keep_alive && client == Version::HTTP_11 {
+            extra[n] = (&CONNECTION, b"close");
+            n += 1;
+        } else if keep_alive && client == Version::HTTP_10 {
+            extra[n] = (&CONNECTION, b"keep-alive");
+            n += 1;
+        }
+        let reason = parts.extensions.get::<ReasonPhrase>();
+        codec::encode_response_head(
+            parts.status,
+            reason.map(|r| r.as_bytes()),
+            &parts.headers,
+            &extra[..n],
+            self.queue.head(),
+        );
+        let mut writer = BodyWriter::new(body, framing);
+        let written = poll_fn(|cx| {
+            // The response goes on after a close is seen: the client may only have
+            // half-closed, and if it has gone, writing fails.
+            self.poll_read_closed(cx);
+            writer.poll_write(&mut self.queue, &mut self.write, cx)
+        })
+        .await;
+        match written {
+            Ok(()) => Ok(keep_alive && !self.read_closed),
+            // A body that broke off or does not match its length: the client must see
+            // the response cut, so the connection closes without a last chunk.
+            Err(WriteError::Body(e)) => Err(e),
+            Err(WriteError::Length) => {
+                Err("response body length differs from its content-length".into())
+            }
+            Err(WriteError::Io(e)) => Err(e.into()),
+        }
+    }
+
+    /// Answers a refused request head with `error`'s status and closes.
+    async fn refuse(&mut self, state: &SharedState, error: &RequestHeadError) {
+        let status = match error {
+            RequestHeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            RequestHeadError::Malformed(_) => StatusCode::BAD_REQUEST,
+        };
+        tracing::debug!(%error, status = status.as_u16(), "request refused");
+        state.refused(status);
+        let date = http_date();
+        let extra: [(&HeaderName, &[u8]); 3] = [
+            (&CONTENT_LENGTH, b"0"),
+            (&CONNECTION, b"close"),
+            (&DATE, &date[..]),
+        ];
+        codec::encode_response_head(
+            status,
+            None,
+            &http::HeaderMap::new(),
+            &extra,
+            self.queue.head(),
+        );
+        if poll_fn(|cx| self.queue.poll_flush(&mut self.write, cx))
+            .await
+            .is_ok()
+        {
+            self.close().await;
+        }
+    }
+
+    /// Ends the connection after its last response: sends FIN, then reads and drops
+    /// what the client still sends for a moment, so that unread bytes do not make the
+    /// kernel reset the connection before the client has read the response.
+    async fn close(&mut self) {
+        let _ = self.write.shutdown().await;
+        let Some(reader) = self.reader.as_mut() else {
+            return;
+        };
+        let mut dropped = 0;
+        let drain = poll_fn(|cx| {
+            loop {
+                reader.buf.clear();
+                match reader.poll_fill(cx) {
+                    Poll::Ready(Ok(n)) if n > 0 && dropped < LINGER_BYTES => dropped += n,
+                    Poll::Ready(_) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        });
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+}
+
+/// `n` in decimal, written at the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[start..];
+        }
+    }
+}
+
+/// The current time as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`), formatted at
+/// most once a second per thread.
+fn http_date() -> [u8; 29] {
+    thread_local! {
+        static CACHE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHE.with_borrow_mut(|(cached, text)| {
+        if *cached != secs {
+            let formatted = httpdate::fmt_http_date(now);
+            if formatted.len() == text.len() {
+                text.copy_from_slice(formatted.as_bytes());
+                *cached = secs;
+            }
+        }
+        *text
+    })
+}
