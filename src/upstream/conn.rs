@@ -51,13 +51,15 @@ pub struct Connection {
 
 impl Connection {
     /// Connects to `addr` within `timeout`.
-    pub async fn open(addr: &str, timeout: Duration) -> Result<Connection, SendError> {
+    /// Boxed: it moves between the pool, the request and the response body, and a
+    /// response carrying it inline would be copied in full at every move.
+    pub async fn open(addr: &str, timeout: Duration) -> Result<Box<Connection>, SendError> {
         let io = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| SendError::ConnectTimeout(timeout))?
             .map_err(SendError::Connect)?;
         let _ = io.set_nodelay(true);
-        Ok(Connection {
+        Ok(Box::new(Connection {
             io,
             read: BytesMut::new(),
             read_size: FIRST_READ,
@@ -65,7 +67,7 @@ impl Connection {
             reused: false,
             received: false,
             broken: false,
-        })
+        }))
     }
 
     /// Whether an idle connection is still open. Costs no system call unless the
@@ -220,9 +222,9 @@ enum Remaining {
 /// the connection goes back to its pool if it can carry another exchange;
 /// dropped earlier, the connection is closed.
 pub struct UpstreamBody {
-    conn: Option<Connection>,
+    conn: Option<Box<Connection>>,
     /// An upload the upstream answered before it ended.
-    writer: Option<RequestWriter>,
+    writer: Option<Box<RequestWriter>>,
     remaining: Remaining,
     reusable: bool,
     pool: Option<Arc<EndpointPool>>,
@@ -240,7 +242,7 @@ impl UpstreamBody {
     /// The body of `head` on `conn`, answering a `method` request. A body that is
     /// already complete gives the connection back at once.
     pub(super) fn new(
-        conn: Connection,
+        conn: Box<Connection>,
         writer: Option<RequestWriter>,
         method: &Method,
         head: &mut ResponseHead,
@@ -255,7 +257,8 @@ impl UpstreamBody {
         };
         let mut body = UpstreamBody {
             conn: Some(conn),
-            writer,
+            // Boxed: rare, and a response carrying it inline is copied at every move.
+            writer: writer.map(Box::new),
             remaining,
             reusable,
             pool: Some(pool.clone()),
@@ -395,7 +398,7 @@ impl Body for UpstreamBody {
 
 /// Sends the rest of an upload the upstream answered early, within
 /// [`UPLOAD_AFTER_ANSWER`], then closes the connection.
-fn finish_upload(mut conn: Connection, mut writer: RequestWriter) {
+fn finish_upload(mut conn: Box<Connection>, mut writer: Box<RequestWriter>) {
     // Called from a body's Drop too, which may run while a runtime shuts down: then
     // the upload is simply cut.
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {

@@ -246,7 +246,7 @@ async fn resend(
     extra: Option<&(HeaderName, HeaderValue)>,
     fields: &[Field<'_>],
     writer: &mut Option<RequestWriter>,
-) -> Result<(Connection, ResponseHead), SendError> {
+) -> Result<(Box<Connection>, ResponseHead), SendError> {
     let mut conn = pool.connect().await?;
     let head = conn::exchange(&mut conn, parts, extra, fields, writer).await?;
     Ok((conn, head))
@@ -310,7 +310,7 @@ pub struct EndpointPool {
 }
 
 struct Idle {
-    conn: Connection,
+    conn: Box<Connection>,
     since: Instant,
 }
 
@@ -318,7 +318,7 @@ impl EndpointPool {
     /// The most recently used idle connection that is still open and younger than
     /// the idle timeout. Closed ones are dropped on the way; once one is too old,
     /// so are all below it.
-    fn checkout(&self, cx: &mut Context<'_>) -> Option<Connection> {
+    fn checkout(&self, cx: &mut Context<'_>) -> Option<Box<Connection>> {
         loop {
             let idle = self.idle.lock().ok()?.pop()?;
             let now = Instant::now();
@@ -334,7 +334,7 @@ impl EndpointPool {
         }
     }
 
-    fn checkin(self: &Arc<Self>, conn: Connection) {
+    fn checkin(self: &Arc<Self>, conn: Box<Connection>) {
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < self.max_idle
         {
@@ -366,7 +366,7 @@ impl EndpointPool {
         drop(expired);
     }
 
-    async fn connect(&self) -> Result<Connection, SendError> {
+    async fn connect(&self) -> Result<Box<Connection>, SendError> {
         Connection::open(&self.connect_to, self.connect_timeout).await
     }
 }
