@@ -294,7 +294,9 @@ fn record_spans(base: usize, headers: &[httparse::Header<'_>], spans: &mut [Span
 
 /// The header fields at `spans` of `head`; values share its bytes.
 fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, &'static str> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for the one field ficus adds without growing the map (a reallocation and a
+    // rehash): `x-request-id` on a response, `host` on a request that has none.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 1);
     for span in spans {
         let name = HeaderName::from_bytes(&head[span.name.0 as usize..span.name.1 as usize])
             .map_err(|_| "header name")?;

@@ -24,6 +24,9 @@ pub enum Framing {
     Close,
 }
 
+/// What a head buffer starts with: most heads fit.
+const HEAD_CAPACITY: usize = 1024;
+
 /// Bytes waiting to be written: a head or chunk-size line, then body bytes, then a
 /// chunk's or the body's closing bytes. One vectored write sends all three.
 #[derive(Debug, Default)]
@@ -38,19 +41,13 @@ pub struct WriteQueue {
 }
 
 impl WriteQueue {
-    /// An empty queue whose head buffer starts with room for `capacity` bytes.
-    pub fn with_capacity(capacity: usize) -> Self {
-        WriteQueue {
-            out: Vec::with_capacity(capacity),
-            ..WriteQueue::default()
-        }
-    }
-
     /// The buffer to encode a new head into; the queue must be empty.
     pub fn head(&mut self) -> &mut Vec<u8> {
         debug_assert!(self.is_empty());
         self.out.clear();
         self.out_pos = 0;
+        // A head seldom needs more: one allocation, not a series of doublings.
+        self.out.reserve(HEAD_CAPACITY);
         &mut self.out
     }
 
@@ -91,7 +88,14 @@ impl WriteQueue {
     /// Gives back a head buffer a large message grew.
     pub fn shrink(&mut self, keep: usize) {
         if self.out.capacity() > keep {
-            self.out = Vec::with_capacity(keep.min(1024));
+            self.out = Vec::with_capacity(keep.min(HEAD_CAPACITY));
+        }
+    }
+
+    /// Frees the head buffer of an empty queue: an idle connection keeps none.
+    pub fn release(&mut self) {
+        if self.is_empty() {
+            *self = WriteQueue::default();
         }
     }
 

@@ -6,7 +6,7 @@
 //! - **head**: wait for the first byte (bounded by `idle_timeout`), then for the
 //!   whole head (bounded by `header_read_timeout` from its first byte). A head over
 //!   `max_request_header_bytes` or 100 fields is answered 431, a malformed one 400.
-//!   After [`RELEASE_IDLE`] without a request the read buffer is freed.
+//!   After [`RELEASE_IDLE`] without a request the read and write buffers are freed.
 //! - **request**: the handler runs. A request body is read by whoever polls it, with
 //!   the connection's [`Reader`] handed over for that (see [`super::body`]). A request
 //!   without a body leaves the reader here, and the connection watches it: a client
@@ -110,7 +110,7 @@ pub(super) async fn serve(
     let mut conn = Conn {
         reader: Some(Reader::new(read)),
         write,
-        queue: WriteQueue::with_capacity(1024),
+        queue: WriteQueue::default(),
         limits,
         timer: Box::pin(tokio::time::sleep_until(after(now, limits.idle))),
         last_active: now,
@@ -286,6 +286,7 @@ impl Conn<'_> {
                 // Nothing but empty lines, if anything, is waiting in the buffer.
                 reader.buf.clear();
                 reader.release();
+                self.queue.release();
                 self.released = true;
                 gauge.set_idle(true);
                 tracing::trace!("connection idle: read buffer released");

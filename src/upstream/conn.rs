@@ -63,7 +63,7 @@ impl Connection {
             io,
             read: BytesMut::new(),
             read_size: FIRST_READ,
-            queue: WriteQueue::with_capacity(1024),
+            queue: WriteQueue::default(),
             reused: false,
             received: false,
             broken: false,
