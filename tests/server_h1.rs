@@ -1,0 +1,710 @@
+//! ficus's own HTTP/1.1 server, driven over raw TCP as a client would: `100 Continue`,
+//! pipelining, the request-smuggling guards, refused heads in the metrics, HTTP/1.0
+//! clients, `Connection: close`, HEAD, the `Date` header, closing without resetting an
+//! answer the client has yet to read, and requests cancelled by a client that leaves.
+
+mod support;
+use support::*;
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+// ---------------------------------------------------------------------------------------
+// The client side: raw requests, responses read by their framing.
+// ---------------------------------------------------------------------------------------
+
+/// A client connection to ficus.
+struct Client {
+    write: OwnedWriteHalf,
+    responses: Responses,
+}
+
+/// The read side of a [`Client`]. Bytes read past one response are kept for the next,
+/// so pipelined responses are read one at a time and a stray byte shows.
+struct Responses {
+    read: OwnedReadHalf,
+    buf: Vec<u8>,
+}
+
+/// What one read brought.
+enum Read {
+    Bytes,
+    Closed,
+    Reset(std::io::Error),
+    /// Nothing within `EVENT_TIMEOUT`.
+    Stalled,
+}
+
+/// A response as read off the wire.
+struct Reply {
+    /// The status line, e.g. `HTTP/1.1 200 OK`.
+    line: String,
+    /// Names lower-cased, in wire order.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("line", &self.line)
+            .field("headers", &self.headers)
+            .field("body", &lossy(&self.body))
+            .finish()
+    }
+}
+
+impl Reply {
+    fn status(&self) -> u16 {
+        self.line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not a status line: {:?}", self.line))
+    }
+
+    /// The first value of `name` (lower-case).
+    fn header(&self, name: &str) -> Option<&str> {
+        self.values(name).into_iter().next()
+    }
+
+    /// Every value of `name` (lower-case), in wire order.
+    fn values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl Client {
+    async fn connect(proxy: &TestProxy) -> Client {
+        let stream = TcpStream::connect(proxy.running.proxy_addr)
+            .await
+            .expect("connect");
+        let (read, write) = stream.into_split();
+        Client {
+            write,
+            responses: Responses {
+                read,
+                buf: Vec::new(),
+            },
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        tokio::time::timeout(EVENT_TIMEOUT, self.write.write_all(bytes))
+            .await
+            .expect("ficus stopped reading")
+            .expect("write");
+    }
+
+    /// Reads the response to a request with `method`.
+    async fn response(&mut self, method: &str) -> Reply {
+        self.responses.response(method).await
+    }
+}
+
+impl Responses {
+    async fn fill(&mut self) -> Read {
+        let mut chunk = [0u8; 16 * 1024];
+        match tokio::time::timeout(EVENT_TIMEOUT, self.read.read(&mut chunk)).await {
+            Err(_) => Read::Stalled,
+            Ok(Ok(0)) => Read::Closed,
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Read::Bytes
+            }
+            Ok(Err(e)) => Read::Reset(e),
+        }
+    }
+
+    /// Reads more, failing the test if the connection ends or stalls during `what`.
+    async fn more(&mut self, what: &str) {
+        let why = match self.fill().await {
+            Read::Bytes => return,
+            Read::Closed => "closed".to_owned(),
+            Read::Reset(e) => e.to_string(),
+            Read::Stalled => "nothing more in time".to_owned(),
+        };
+        panic!("{why} during {what}, after {:?}", lossy(&self.buf));
+    }
+
+    /// The next `n` bytes.
+    async fn exactly(&mut self, n: usize, what: &str) -> Vec<u8> {
+        while self.buf.len() < n {
+            self.more(what).await;
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    /// The next line, without its CRLF.
+    async fn line(&mut self, what: &str) -> String {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = self.buf.drain(..i + 2).collect();
+                return lossy(&line[..i]);
+            }
+            self.more(what).await;
+        }
+    }
+
+    /// Reads one response to a request with `method`, its body by its framing
+    /// (RFC 9112 §6.3); a body without length or chunking runs to the connection's end.
+    async fn response(&mut self, method: &str) -> Reply {
+        let line = self.line("a status line").await;
+        // ficus answers HTTP/1.1 whatever the client spoke; anything else here is a
+        // stray byte of an earlier answer.
+        assert!(line.starts_with("HTTP/1.1 "), "not a status line: {line:?}");
+        let mut headers = Vec::new();
+        loop {
+            let field = self.line("a response head").await;
+            if field.is_empty() {
+                break;
+            }
+            let (name, value) = field
+                .split_once(':')
+                .unwrap_or_else(|| panic!("not a header line: {field:?} after {line:?}"));
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+        let mut reply = Reply {
+            line,
+            headers,
+            body: Vec::new(),
+        };
+        let status = reply.status();
+        if method == "HEAD" || (100..200).contains(&status) || status == 204 || status == 304 {
+            return reply;
+        }
+        if let Some(coding) = reply.header("transfer-encoding") {
+            assert_eq!(coding, "chunked", "{reply:?}");
+            reply.body = self.chunked().await;
+        } else if let Some(length) = reply.header("content-length") {
+            let length = length.parse().expect("content-length");
+            reply.body = self.exactly(length, "a response body").await;
+        } else {
+            loop {
+                match self.fill().await {
+                    Read::Bytes => continue,
+                    Read::Closed => break,
+                    Read::Reset(e) => panic!("{e} during a close-delimited body: {reply:?}"),
+                    Read::Stalled => panic!("a close-delimited body never ended: {reply:?}"),
+                }
+            }
+            reply.body = std::mem::take(&mut self.buf);
+        }
+        reply
+    }
+
+    async fn chunked(&mut self) -> Vec<u8> {
+        let mut body = Vec::new();
+        loop {
+            let line = self.line("a chunk-size line").await;
+            let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                .unwrap_or_else(|_| panic!("not a chunk-size line: {line:?}"));
+            if size == 0 {
+                while !self.line("the trailers").await.is_empty() {}
+                return body;
+            }
+            body.extend(self.exactly(size, "a chunk").await);
+            assert_eq!(
+                self.line("a chunk's end").await,
+                "",
+                "chunk longer than its size"
+            );
+        }
+    }
+
+    /// Checks the server ends the connection cleanly (EOF, not a reset) with no
+    /// further byte.
+    async fn assert_closed(&mut self, case: &str) {
+        match self.fill().await {
+            Read::Closed => {}
+            Read::Bytes => panic!("{case}: stray bytes {:?}", lossy(&self.buf)),
+            Read::Reset(e) => panic!("{case}: {e} instead of a clean close"),
+            Read::Stalled => panic!("{case}: ficus left the connection open"),
+        }
+    }
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A GET of `path` over HTTP/1.1.
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: shop.example.com\r\n\r\n").into_bytes()
+}
+
+// ---------------------------------------------------------------------------------------
+// The upstream side, and tables.
+// ---------------------------------------------------------------------------------------
+
+/// A raw upstream on 127.0.0.1:0. It reads request heads (the requests sent to it have
+/// no body) and answers each with fixed bytes, or never. It never closes a connection
+/// itself, so every connection it sees end was closed by ficus.
+struct RawUpstream {
+    addr: SocketAddr,
+    /// Request heads received so far.
+    arrivals: watch::Receiver<usize>,
+    /// Connections ended so far.
+    ended: watch::Receiver<usize>,
+}
+
+impl RawUpstream {
+    async fn start(answer: Option<&'static [u8]>) -> RawUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let (arrivals_tx, arrivals) = watch::channel(0usize);
+        let (ended_tx, ended) = watch::channel(0usize);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (arrivals_tx, ended_tx) = (arrivals_tx.clone(), ended_tx.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n @ 1..) = stream.read(&mut chunk).await {
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..i + 4);
+                            arrivals_tx.send_modify(|n| *n += 1);
+                            if let Some(answer) = answer {
+                                let _ = stream.write_all(answer).await;
+                            }
+                        }
+                    }
+                    ended_tx.send_modify(|n| *n += 1);
+                });
+            }
+        });
+        RawUpstream {
+            addr,
+            arrivals,
+            ended,
+        }
+    }
+
+    async fn wait_for_arrivals(&self, n: usize) {
+        let mut rx = self.arrivals.clone();
+        tokio::time::timeout(EVENT_TIMEOUT, rx.wait_for(|&seen| seen >= n))
+            .await
+            .expect("the upstream did not receive the request in time")
+            .expect("upstream gone");
+    }
+
+    /// Whether `n` connections end within `limit`.
+    async fn ended_within(&self, n: usize, limit: Duration) -> bool {
+        let mut rx = self.ended.clone();
+        tokio::time::timeout(limit, rx.wait_for(|&seen| seen >= n))
+            .await
+            .is_ok()
+    }
+}
+
+/// `[upstreams.NAME]` at `addr`.
+fn upstream(name: &str, addr: SocketAddr) -> String {
+    format!("[upstreams.{name}]\nendpoints = [\"http://{addr}\"]\n")
+}
+
+/// A route of `prefix` to the upstream of the same name.
+fn route(name: &str, prefix: &str) -> String {
+    format!("[[routes]]\nname = \"{name}\"\nprefix = \"{prefix}\"\nupstream = \"{name}\"\n")
+}
+
+/// A loopback address nothing listens on: a port bound, then released.
+async fn refused_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+fn targets(backend: &Backend) -> Vec<String> {
+    backend.requests().into_iter().map(|r| r.target).collect()
+}
+
+/// A backend answering with the path and query it received.
+async fn echo() -> Backend {
+    Backend::with(
+        "legacy",
+        responder(|r| (http::StatusCode::OK, vec![], r.target.clone())),
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------------------
+// Request bodies and pipelining.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_before_the_body_and_not_forwarded() {
+    let legacy = Backend::start("legacy").await;
+    let proxy = TestProxy::start(&table(&[("legacy", &legacy)], "")).await;
+    let mut client = Client::connect(&proxy).await;
+
+    // The head alone: a client waiting for `100 Continue` sends nothing more.
+    client
+        .send(b"POST /upload HTTP/1.1\r\nHost: shop.example.com\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await;
+    let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let got = client
+        .responses
+        .exactly(interim.len(), "the 100 Continue")
+        .await;
+    assert_eq!(lossy(&got), lossy(interim));
+    client.send(b"hello").await;
+    let reply = client.response("POST").await;
+
+    assert_eq!(reply.status(), 200);
+    assert_eq!(reply.text(), "legacy");
+    let received = legacy.requests();
+    assert_eq!(received[0].body_len, 5);
+    assert_eq!(received[0].headers.get("expect"), None);
+    // The connection goes on at the right place.
+    client.send(&get("/after")).await;
+    assert_eq!(client.response("GET").await.status(), 200);
+    assert_eq!(targets(&legacy), ["/upload", "/after"]);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let legacy = echo().await;
+    let proxy = TestProxy::start(&table(&[("legacy", &legacy)], "")).await;
+    let mut client = Client::connect(&proxy).await;
+
+    client.send(&[get("/one"), get("/two")].concat()).await;
+    let first = client.response("GET").await;
+    let second = client.response("GET").await;
+    client.send(&get("/three")).await;
+    let third = client.response("GET").await;
+
+    let bodies = [first.text(), second.text(), third.text()];
+    assert_eq!(bodies, ["/one", "/two", "/three"]);
+    assert!([&first, &second, &third].iter().all(|r| r.status() == 200));
+    assert_eq!(targets(&legacy), ["/one", "/two", "/three"]);
+}
+
+#[tokio::test]
+async fn ambiguous_request_framing_answers_400_and_reaches_no_upstream() {
+    let legacy = Backend::start("legacy").await;
+    let proxy = TestProxy::start(&table(&[("legacy", &legacy)], "")).await;
+    let cases: [(&str, &[u8]); 6] = [
+        (
+            "content-length and chunked",
+            b"POST /cl-te HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nhello",
+        ),
+        (
+            "transfer coding other than chunked",
+            b"POST /gzip HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "chunked not last",
+            b"POST /chunked-gzip HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "transfer-encoding on HTTP/1.0",
+            b"POST /old HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "conflicting lengths in a list",
+            b"POST /five-six HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\nhello!",
+        ),
+        (
+            "length not a number",
+            b"POST /abc HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\nhello",
+        ),
+    ];
+
+    for (case, request) in cases {
+        let mut client = Client::connect(&proxy).await;
+        client.send(request).await;
+        let reply = client.response("POST").await;
+        assert_eq!(reply.status(), 400, "{case}");
+        assert_eq!(reply.header("connection"), Some("close"), "{case}");
+        client.responses.assert_closed(case).await;
+    }
+
+    let answer = proxy.get("/after").await;
+    assert_eq!(answer.status, http::StatusCode::OK);
+    assert_eq!(
+        targets(&legacy),
+        ["/after"],
+        "no refused request got through"
+    );
+}
+
+#[tokio::test]
+async fn refused_heads_are_counted_under_route_default_upstream_none() {
+    let legacy = Backend::start("legacy").await;
+    let proxy = TestProxy::start(&table(&[("legacy", &legacy)], "")).await;
+    let oversized = format!(
+        "GET /big HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(40 * 1024)
+    );
+
+    for (request, status) in [
+        (&b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n"[..], 400),
+        (oversized.as_bytes(), 431),
+    ] {
+        let mut client = Client::connect(&proxy).await;
+        client.send(request).await;
+        assert_eq!(client.response("GET").await.status(), status);
+    }
+
+    // Counted before the answer is written: no wait needed.
+    for code in ["400", "431"] {
+        let series =
+            format!(r#"ficus_requests_total{{code="{code}",route="default",upstream="none"}}"#);
+        assert_eq!(proxy.metric(&series).await, 1.0, "{series}");
+    }
+    assert!(legacy.requests().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Connection management and response framing.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn http_1_0_response_of_unknown_length_is_delimited_by_close() {
+    let chunked = RawUpstream::start(Some(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    ))
+    .await;
+    let proxy = TestProxy::start(&format!(
+        "default = \"legacy\"\n{}",
+        upstream("legacy", chunked.addr)
+    ))
+    .await;
+
+    // Asking for keep-alive changes nothing: without a length the close ends the body.
+    for (case, request) in [
+        ("plain", &b"GET /old HTTP/1.0\r\nHost: x\r\n\r\n"[..]),
+        (
+            "keep-alive",
+            b"GET /old HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+        ),
+    ] {
+        let mut client = Client::connect(&proxy).await;
+        client.send(request).await;
+        // Read to the connection's end: the test fails if ficus does not close.
+        let reply = client.response("GET").await;
+
+        assert!(reply.line.starts_with("HTTP/1.1 200 "), "{case}: {reply:?}");
+        assert_eq!(reply.header("transfer-encoding"), None, "{case}");
+        assert_eq!(reply.header("content-length"), None, "{case}");
+        assert_eq!(reply.header("connection"), None, "{case}");
+        assert_eq!(reply.text(), "hello world", "{case}");
+    }
+}
+
+#[tokio::test]
+async fn http_1_0_keep_alive_client_keeps_its_connection() {
+    let legacy = Backend::start("legacy").await;
+    let proxy = TestProxy::start(&table(&[("legacy", &legacy)], "")).await;
+    let mut client = Client::connect(&proxy).await;
+    let request =
+        |path: &str| format!("GET {path} HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n");
+
+    for path in ["/first", "/second"] {
+        client.send(request(path).as_bytes()).await;
+        let reply = client.response("GET").await;
+        assert!(reply.line.starts_with("HTTP/1.1 200 "), "{path}: {reply:?}");
+        assert_eq!(reply.header("connection"), Some("keep-alive"), "{path}");
+        assert_eq!(reply.header("content-length"), Some("6"), "{path}");
+        assert_eq!(reply.text(), "legacy", "{path}");
+    }
+    assert_eq!(targets(&legacy), ["/first", "/second"]);
+}
+
+#[tokio::test]
+async fn connection_close_is_answered_with_close_and_the_connection_ends() {
+    let legacy = Backend::start("legacy").await;
+    let proxy = TestProxy::start(&table(&[("legacy", &legacy)], "")).await;
+    let mut client = Client::connect(&proxy).await;
+
+    client
+        .send(b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
+    let reply = client.response("GET").await;
+
+    assert_eq!(reply.status(), 200);
+    assert_eq!(reply.header("connection"), Some("close"));
+    assert_eq!(reply.text(), "legacy");
+    client.responses.assert_closed("Connection: close").await;
+}
+
+#[tokio::test]
+async fn head_responses_have_no_body_and_the_connection_goes_on() {
+    const LENGTH: usize = 1234;
+    let legacy = Backend::with(
+        "legacy",
+        responder(|_| (http::StatusCode::OK, vec![], "x".repeat(LENGTH))),
+    )
+    .await;
+    let dead = refused_addr().await;
+    let rest = format!("{}{}", upstream("dead", dead), route("dead", "/dead"));
+    let proxy = TestProxy::start(&table(&[("legacy", &legacy)], &rest)).await;
+    let mut client = Client::connect(&proxy).await;
+
+    client.send(b"HEAD /page HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let relayed = client.response("HEAD").await;
+    // ficus's own answer to a HEAD, whose body (a JSON error) must not go out either.
+    client.send(b"HEAD /dead HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let own = client.response("HEAD").await;
+    // A body byte sent after either head would be read as the start of this answer.
+    client.send(&get("/page")).await;
+    let full = client.response("GET").await;
+
+    assert_eq!(relayed.status(), 200);
+    assert_eq!(relayed.header("content-length"), Some("1234"));
+    assert_eq!(relayed.header("transfer-encoding"), None);
+    assert_eq!(own.status(), 502);
+    assert_eq!(full.status(), 200, "{full:?}");
+    assert_eq!(full.body.len(), LENGTH);
+    assert_eq!(targets(&legacy), ["/page", "/page"]);
+}
+
+#[tokio::test]
+async fn every_response_has_one_date_and_an_upstreams_own_is_kept() {
+    const UPSTREAM_DATE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let dated = Backend::with(
+        "dated",
+        Behaviour::Custom(http::StatusCode::OK, vec![("date", UPSTREAM_DATE)]),
+    )
+    .await;
+    let undated =
+        RawUpstream::start(Some(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nraw")).await;
+    let dead = refused_addr().await;
+    let toml = format!(
+        "default = \"dated\"\n{}{}{}{}{}",
+        upstream("dated", dated.addr),
+        upstream("undated", undated.addr),
+        upstream("dead", dead),
+        route("undated", "/undated"),
+        route("dead", "/dead"),
+    );
+    let proxy = TestProxy::start(&toml).await;
+
+    let cases: [(&str, &[u8], u16); 3] = [
+        ("ficus's 502", b"GET /dead HTTP/1.1\r\nHost: x\r\n\r\n", 502),
+        (
+            "a refused head",
+            b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+            400,
+        ),
+        (
+            "relayed without a date",
+            b"GET /undated HTTP/1.1\r\nHost: x\r\n\r\n",
+            200,
+        ),
+    ];
+    for (case, request, status) in cases {
+        let mut client = Client::connect(&proxy).await;
+        client.send(request).await;
+        let reply = client.response("GET").await;
+        assert_eq!(reply.status(), status, "{case}");
+        let dates = reply.values("date");
+        assert_eq!(dates.len(), 1, "{case}: {reply:?}");
+        let date = httpdate::parse_http_date(dates[0])
+            .unwrap_or_else(|e| panic!("{case}: {:?} is not an HTTP date: {e}", dates[0]));
+        let skew = SystemTime::now()
+            .duration_since(date)
+            .unwrap_or_else(|e| e.duration());
+        assert!(skew < Duration::from_secs(5), "{case}: {:?}", dates[0]);
+    }
+
+    let mut client = Client::connect(&proxy).await;
+    client.send(&get("/dated")).await;
+    let reply = client.response("GET").await;
+    assert_eq!(reply.values("date"), [UPSTREAM_DATE]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Clients that keep sending, and clients that leave.
+// ---------------------------------------------------------------------------------------
+
+/// ficus answers at once an upload it will not read (its upstream refuses), says `close`,
+/// and ends the connection cleanly while the client is still sending. That the lingering
+/// read before the close is what saves the answer cannot be shown here: on Linux loopback
+/// the answer and the FIN are already queued at the client when a reset comes, and Linux
+/// still lets them be read.
+#[tokio::test]
+async fn client_still_uploading_reads_the_whole_early_answer() {
+    const UPLOAD: usize = 8 << 20;
+    let dead = refused_addr().await;
+    let proxy = TestProxy::start(&format!(
+        "default = \"legacy\"\n{}",
+        upstream("legacy", dead)
+    ))
+    .await;
+    let Client {
+        mut write,
+        mut responses,
+    } = Client::connect(&proxy).await;
+
+    // Write errors are expected once ficus stops listening: only the answer matters.
+    let upload = tokio::spawn(async move {
+        let head = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {UPLOAD}\r\n\r\n");
+        write.write_all(head.as_bytes()).await?;
+        let piece = vec![b'x'; 64 * 1024];
+        for _ in 0..UPLOAD / piece.len() {
+            write.write_all(&piece).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let reply = responses.response("POST").await;
+
+    assert_eq!(reply.status(), 502, "{reply:?}");
+    assert_eq!(reply.header("connection"), Some("close"));
+    let body: serde_json::Value = serde_json::from_slice(&reply.body)
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {reply:?}"));
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "error": "upstream_connect",
+            "request_id": reply.header("x-request-id").expect("x-request-id"),
+        })
+    );
+    responses.assert_closed("after the early answer").await;
+    // Whether all of it went out depends on socket buffers; that it ends does not.
+    let _ = tokio::time::timeout(EVENT_TIMEOUT, upload)
+        .await
+        .expect("the upload never ended");
+}
+
+#[tokio::test]
+async fn client_leaving_before_its_answer_cancels_the_upstream_request() {
+    let legacy = Backend::start("legacy").await;
+    let slow = RawUpstream::start(None).await;
+    // A route timeout far beyond the wait below: only the cancellation can end the
+    // upstream's connection in time.
+    let rest = format!(
+        "{}{}timeout = \"60s\"\n",
+        upstream("slow", slow.addr),
+        route("slow", "/slow")
+    );
+    let proxy = TestProxy::start(&table(&[("legacy", &legacy)], &rest)).await;
+    let mut client = Client::connect(&proxy).await;
+
+    client.send(&get("/slow")).await;
+    slow.wait_for_arrivals(1).await;
+    drop(client);
+
+    assert!(
+        slow.ended_within(1, Duration::from_secs(5)).await,
+        "the upstream request outlived its client"
+    );
+    let answer = proxy.get("/after").await;
+    assert_eq!(answer.status, http::StatusCode::OK);
+    assert_eq!(targets(&legacy), ["/after"]);
+}
