@@ -377,6 +377,22 @@ async fn expect_100_continue_is_answered_before_the_body_and_not_forwarded() {
 }
 
 #[tokio::test]
+async fn expect_100_continue_without_a_body_gets_no_interim_and_is_not_forwarded() {
+    let legacy = Backend::start("legacy").await;
+    let proxy = TestProxy::start(&table(&[("legacy", &legacy)], "")).await;
+    let mut client = Client::connect(&proxy).await;
+
+    client
+        .send(b"GET /nothing HTTP/1.1\r\nHost: shop.example.com\r\nExpect: 100-continue\r\n\r\n")
+        .await;
+    let reply = client.response("GET").await;
+
+    // The first bytes are the final answer's status line, not an interim one.
+    assert_eq!(reply.status(), 200);
+    assert_eq!(legacy.requests()[0].headers.get("expect"), None);
+}
+
+#[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
     let legacy = echo().await;
     let proxy = TestProxy::start(&table(&[("legacy", &legacy)], "")).await;
@@ -395,41 +411,54 @@ async fn pipelined_requests_are_answered_in_order() {
 }
 
 #[tokio::test]
-async fn ambiguous_request_framing_answers_400_and_reaches_no_upstream() {
+async fn ambiguous_request_framing_is_refused_and_reaches_no_upstream() {
     let legacy = Backend::start("legacy").await;
     let proxy = TestProxy::start(&table(&[("legacy", &legacy)], "")).await;
-    let cases: [(&str, &[u8]); 6] = [
+    let cases: [(&str, &[u8], u16); 7] = [
         (
             "content-length and chunked",
             b"POST /cl-te HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nhello",
+            400,
         ),
+        // Codings ficus does not decode are 501 (RFC 9112 §6.1), even with chunked
+        // last: the upstream would get gzip bytes labelled as nothing.
         (
             "transfer coding other than chunked",
             b"POST /gzip HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            501,
         ),
         (
             "chunked not last",
             b"POST /chunked-gzip HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            501,
+        ),
+        (
+            "another coding before chunked",
+            b"POST /gzip-chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            501,
         ),
         (
             "transfer-encoding on HTTP/1.0",
             b"POST /old HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            400,
         ),
         (
             "conflicting lengths in a list",
             b"POST /five-six HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\nhello!",
+            400,
         ),
         (
             "length not a number",
             b"POST /abc HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\nhello",
+            400,
         ),
     ];
 
-    for (case, request) in cases {
+    for (case, request, status) in cases {
         let mut client = Client::connect(&proxy).await;
         client.send(request).await;
         let reply = client.response("POST").await;
-        assert_eq!(reply.status(), 400, "{case}");
+        assert_eq!(reply.status(), status, "{case}");
         assert_eq!(reply.header("connection"), Some("close"), "{case}");
         client.responses.assert_closed(case).await;
     }
@@ -441,6 +470,41 @@ async fn ambiguous_request_framing_answers_400_and_reaches_no_upstream() {
         ["/after"],
         "no refused request got through"
     );
+}
+
+/// `Content-Length: 5, 5` is a list of one length (RFC 9110 §8.6): the server reads a
+/// body of 5, and the upstream gets that one length, not the list many servers refuse.
+/// Fails on 39656a4: the server accepts the list but forwards it as is, and the upstream
+/// client cannot parse it (502 `upstream_protocol`, counted against the upstream).
+#[tokio::test]
+async fn content_length_list_of_one_value_is_that_length() {
+    let legacy = Backend::start("legacy").await;
+    let proxy = TestProxy::start(&table(&[("legacy", &legacy)], "")).await;
+    let mut client = Client::connect(&proxy).await;
+
+    // The next request follows at once: read as 10 or 0, the body would swallow or
+    // become part of it.
+    let mut bytes = b"POST /five HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\nhello".to_vec();
+    bytes.extend(get("/next"));
+    client.send(&bytes).await;
+    let first = client.response("POST").await;
+    assert_eq!(first.status(), 200, "{first:?}");
+    let second = client.response("GET").await;
+    assert_eq!(second.status(), 200, "{second:?}");
+
+    let seen: Vec<(String, usize)> = legacy
+        .requests()
+        .into_iter()
+        .map(|r| (r.target, r.body_len))
+        .collect();
+    assert_eq!(seen, [("/five".to_owned(), 5), ("/next".to_owned(), 0)]);
+    let lengths: Vec<_> = legacy.requests()[0]
+        .headers
+        .get_all("content-length")
+        .iter()
+        .cloned()
+        .collect();
+    assert_eq!(lengths, ["5"]);
 }
 
 #[tokio::test]

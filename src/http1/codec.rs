@@ -319,6 +319,9 @@ pub enum RequestHeadError {
     /// answered 431.
     #[error("request head too large")]
     TooLarge,
+    /// A transfer coding other than a single `chunked`: answered 501 (RFC 9112 §6.1).
+    #[error("unsupported transfer coding")]
+    UnsupportedCoding,
 }
 
 /// A parsed request head.
@@ -333,8 +336,10 @@ pub struct RequestHead {
     pub body: RequestBodyLength,
     /// Whether the client lets the connection carry another request after this one.
     pub keep_alive: bool,
-    /// Whether the client sent `Expect: 100-continue` (HTTP/1.1 only).
+    /// Whether the client sent `Expect: 100-continue`.
     pub expect_continue: bool,
+    /// Content-Length came as a list or repeated (`5, 5`): the upstream gets it once.
+    pub length_repeated: bool,
 }
 
 /// What the server needs from a request's header lines, gathered as they are read
@@ -343,8 +348,11 @@ pub struct RequestHead {
 struct Facts {
     length: Option<u64>,
     length_invalid: bool,
-    /// Transfer-Encoding seen, and whether the last coding of its last field is chunked.
-    transfer_encoding: Option<bool>,
+    /// How many Content-Length items (across lists and repeated fields) were seen.
+    length_items: u32,
+    /// Transfer-Encoding codings seen, and whether every one of them is chunked.
+    codings: u32,
+    only_chunked: bool,
     close: bool,
     keep_alive: bool,
     expect_continue: bool,
@@ -356,6 +364,7 @@ impl Facts {
             14 if name.eq_ignore_ascii_case(b"content-length") => {
                 // `Content-Length: 5, 5` is a list of one length (RFC 9110 §8.6).
                 for item in value.split(|&b| b == b',') {
+                    self.length_items += 1;
                     match parse_digits(item.trim_ascii()) {
                         Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
                         _ => self.length_invalid = true,
@@ -363,8 +372,13 @@ impl Facts {
                 }
             }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                let last = value.rsplit(|&b| b == b',').next().unwrap_or(b"");
-                self.transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                for coding in value.split(|&b| b == b',') {
+                    if self.codings == 0 {
+                        self.only_chunked = true;
+                    }
+                    self.codings += 1;
+                    self.only_chunked &= coding.trim_ascii().eq_ignore_ascii_case(b"chunked");
+                }
             }
             10 if name.eq_ignore_ascii_case(b"connection") => {
                 for token in value.split(|&b| b == b',') {
@@ -385,21 +399,28 @@ impl Facts {
     /// Content-Length and Transfer-Encoding, a coding other than chunked last,
     /// Transfer-Encoding on HTTP/1.0, a malformed or conflicting Content-Length.
     fn body(&self, version: Version) -> Result<RequestBodyLength, RequestHeadError> {
-        match self.transfer_encoding {
-            Some(_) if version == Version::HTTP_10 => {
+        if self.codings > 0 {
+            return if version == Version::HTTP_10 {
                 Err(RequestHeadError::Malformed("transfer-encoding in HTTP/1.0"))
-            }
-            Some(_) if self.length.is_some() || self.length_invalid => Err(
-                RequestHeadError::Malformed("both content-length and transfer-encoding"),
-            ),
-            Some(false) => Err(RequestHeadError::Malformed("transfer coding not chunked")),
-            Some(true) => Ok(RequestBodyLength::Chunked),
-            None if self.length_invalid => Err(RequestHeadError::Malformed("content-length")),
-            None => Ok(match self.length {
-                None | Some(0) => RequestBodyLength::Empty,
-                Some(n) => RequestBodyLength::Length(n),
-            }),
+            } else if self.length_items > 0 {
+                Err(RequestHeadError::Malformed(
+                    "both content-length and transfer-encoding",
+                ))
+            } else if self.codings == 1 && self.only_chunked {
+                Ok(RequestBodyLength::Chunked)
+            } else {
+                // gzip, chunked: ficus would decode the chunks and pass on gzip bytes
+                // labelled as nothing. Other codings it does not decode at all.
+                Err(RequestHeadError::UnsupportedCoding)
+            };
         }
+        if self.length_invalid {
+            return Err(RequestHeadError::Malformed("content-length"));
+        }
+        Ok(match self.length {
+            None | Some(0) => RequestBodyLength::Empty,
+            Some(n) => RequestBodyLength::Length(n),
+        })
     }
 }
 
@@ -469,7 +490,8 @@ pub fn parse_request_head(
         headers,
         body,
         keep_alive: !facts.close && (version == Version::HTTP_11 || facts.keep_alive),
-        expect_continue: facts.expect_continue && version == Version::HTTP_11,
+        expect_continue: facts.expect_continue,
+        length_repeated: facts.length_items > 1,
     }))
 }
 

@@ -367,3 +367,181 @@ fn request_head_is_written_in_origin_form() {
     crate::http1::wire::encode_chunk_size(255, &mut line);
     assert_eq!(line, b"FF\r\n");
 }
+
+fn request(text: &str) -> Result<Option<RequestHead>, RequestHeadError> {
+    parse_request_head(&mut BytesMut::from(text.as_bytes()), 8 * 1024)
+}
+
+fn complete(text: &str) -> RequestHead {
+    request(text).expect("parses").expect("complete")
+}
+
+#[test]
+fn request_head_is_split_off_and_what_follows_stays() {
+    let mut buf =
+        BytesMut::from(&b"\r\nGET /a?b=c HTTP/1.1\r\nHost: x\r\nX-One: 1\r\n\r\nGET /next"[..]);
+    let head = parse_request_head(&mut buf, 8 * 1024).unwrap().unwrap();
+    assert_eq!(head.method, Method::GET);
+    assert_eq!(head.uri, "/a?b=c");
+    assert_eq!(head.version, Version::HTTP_11);
+    assert_eq!(head.headers["x-one"], "1");
+    assert_eq!(head.body, RequestBodyLength::Empty);
+    assert!(head.keep_alive);
+    assert_eq!(&buf[..], b"GET /next");
+}
+
+#[test]
+fn partial_request_head_waits_until_it_is_too_large() {
+    assert!(request("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+    let long = format!("GET / HTTP/1.1\r\nX-Big: {}", "a".repeat(9 * 1024));
+    assert_eq!(request(&long).unwrap_err(), RequestHeadError::TooLarge);
+    let whole = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(9 * 1024));
+    assert_eq!(request(&whole).unwrap_err(), RequestHeadError::TooLarge);
+    let mut many = String::from("GET / HTTP/1.1\r\n");
+    for i in 0..=MAX_HEADERS {
+        many.push_str(&format!("X-{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_eq!(request(&many).unwrap_err(), RequestHeadError::TooLarge);
+}
+
+#[test]
+fn malformed_request_heads_are_refused() {
+    for text in [
+        "HELLO\r\n\r\n",
+        "GET /a b HTTP/1.1\r\n\r\n",
+        "GET / HTTP/2.0\r\n\r\n",
+        "GET / HTTP/1.1\r\nX-Bad : 1\r\n\r\n",
+        "GET / HTTP/1.1\r\nX-Fold: a\r\n b\r\n\r\n",
+    ] {
+        assert!(
+            matches!(request(text), Err(RequestHeadError::Malformed(_))),
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
+fn keep_alive_follows_the_version_and_connection_tokens() {
+    let cases = [
+        ("GET / HTTP/1.1\r\n\r\n", true),
+        ("GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false),
+        (
+            "GET / HTTP/1.1\r\nConnection: upgrade, Close\r\n\r\n",
+            false,
+        ),
+        ("GET / HTTP/1.0\r\n\r\n", false),
+        ("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true),
+        (
+            "GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n",
+            false,
+        ),
+    ];
+    for (text, keep_alive) in cases {
+        assert_eq!(complete(text).keep_alive, keep_alive, "{text:?}");
+    }
+}
+
+#[test]
+fn request_body_framing_is_read_from_the_raw_lines() {
+    use RequestBodyLength::*;
+    let ok = [
+        ("Content-Length: 5\r\n", Length(5), false),
+        ("Content-Length: 0\r\n", Empty, false),
+        ("Content-Length: 5, 5\r\n", Length(5), true),
+        (
+            "Content-Length: 5\r\nContent-Length: 5\r\n",
+            Length(5),
+            true,
+        ),
+        ("Transfer-Encoding: chunked\r\n", Chunked, false),
+        ("Transfer-Encoding: Chunked\r\n", Chunked, false),
+    ];
+    for (fields, body, repeated) in ok {
+        let head = complete(&format!("POST / HTTP/1.1\r\n{fields}\r\n"));
+        assert_eq!(head.body, body, "{fields:?}");
+        assert_eq!(head.length_repeated, repeated, "{fields:?}");
+    }
+    let refused = [
+        ("Content-Length: 5, 6\r\n", "malformed"),
+        ("Content-Length: 5\r\nContent-Length: 6\r\n", "malformed"),
+        ("Content-Length: -1\r\n", "malformed"),
+        (
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+            "malformed",
+        ),
+        ("Transfer-Encoding: gzip\r\n", "unsupported"),
+        ("Transfer-Encoding: gzip, chunked\r\n", "unsupported"),
+        (
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+            "unsupported",
+        ),
+    ];
+    for (fields, kind) in refused {
+        let error = request(&format!("POST / HTTP/1.1\r\n{fields}\r\n")).unwrap_err();
+        let got = match error {
+            RequestHeadError::Malformed(_) => "malformed",
+            RequestHeadError::UnsupportedCoding => "unsupported",
+            RequestHeadError::TooLarge => "too large",
+        };
+        assert_eq!(got, kind, "{fields:?}");
+    }
+    let old = request("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap_err();
+    assert!(matches!(old, RequestHeadError::Malformed(_)));
+}
+
+#[test]
+fn expect_continue_is_noticed_whatever_its_case() {
+    assert!(complete("POST / HTTP/1.1\r\nExpect: 100-Continue\r\n\r\n").expect_continue);
+    assert!(!complete("POST / HTTP/1.1\r\nExpect: something\r\n\r\n").expect_continue);
+    assert!(!complete("POST / HTTP/1.1\r\n\r\n").expect_continue);
+}
+
+#[test]
+fn response_framing_towards_clients() {
+    let ok = StatusCode::OK;
+    let mut headers = HeaderMap::new();
+    let frame = |head, status, headers: &mut HeaderMap, exact, version| {
+        response_body_framing(head, status, headers, exact, version)
+    };
+    assert_eq!(
+        frame(true, ok, &mut headers, Some(3), Version::HTTP_11),
+        (Framing::Empty, None)
+    );
+    assert_eq!(
+        frame(
+            false,
+            StatusCode::NOT_MODIFIED,
+            &mut headers,
+            None,
+            Version::HTTP_11
+        ),
+        (Framing::Empty, None)
+    );
+    assert_eq!(
+        frame(false, ok, &mut headers, Some(3), Version::HTTP_11),
+        (Framing::Length(3), Some(3))
+    );
+    assert_eq!(
+        frame(false, ok, &mut headers, None, Version::HTTP_11),
+        (Framing::Chunked, None)
+    );
+    assert_eq!(
+        frame(false, ok, &mut headers, None, Version::HTTP_10),
+        (Framing::Close, None)
+    );
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(3));
+    assert_eq!(
+        frame(false, ok, &mut headers, Some(3), Version::HTTP_11),
+        (Framing::Length(3), None),
+        "a length the response has is not announced again"
+    );
+    assert_eq!(
+        frame(false, ok, &mut headers, None, Version::HTTP_11),
+        (Framing::Chunked, None)
+    );
+    assert!(
+        !headers.contains_key(CONTENT_LENGTH),
+        "a length without a sized body goes"
+    );
+}

@@ -28,7 +28,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HeaderName, TRANSFER_ENCODING};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HeaderName, HeaderValue, TRANSFER_ENCODING,
+};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::ext::ReasonPhrase;
 use tokio::io::AsyncWriteExt;
@@ -316,16 +318,30 @@ impl Conn<'_> {
             mut headers,
             body: length,
             expect_continue,
+            length_repeated,
             ..
         } = head;
+        if expect_continue {
+            // ficus answers it itself, or (no body, HTTP/1.0) it does not apply: the
+            // upstream must not wait for a body or answer 100 on its own.
+            headers.remove(EXPECT);
+        }
+        if length_repeated {
+            // `5, 5`, or two fields of 5 (anything else was refused): one length,
+            // written once, as upstreams expect.
+            let n = match length {
+                RequestBodyLength::Length(n) => n,
+                _ => 0,
+            };
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
         let mut returned = None;
         let body = match length {
             RequestBodyLength::Empty => ClientBody::Empty,
             RequestBodyLength::Length(_) | RequestBodyLength::Chunked => {
                 // ficus answers `Expect: 100-continue` itself, at once: it forwards the
                 // body as soon as it comes, so there is nothing to wait for.
-                if expect_continue {
-                    headers.remove(EXPECT);
+                if expect_continue && version == Version::HTTP_11 {
                     self.queue.head().extend_from_slice(CONTINUE);
                 }
                 let reader = self.reader.take().ok_or("request body without a reader")?;
@@ -474,6 +490,7 @@ impl Conn<'_> {
         let status = match error {
             RequestHeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             RequestHeadError::Malformed(_) => StatusCode::BAD_REQUEST,
+            RequestHeadError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
         };
         tracing::debug!(%error, status = status.as_u16(), "request refused");
         state.refused(status);
