@@ -94,8 +94,6 @@ struct Conn<'a> {
     last_active: Instant,
     /// The read buffer was freed while idling (counted as an idle connection).
     released: bool,
-    /// The client has closed its side: no more requests will come.
-    read_closed: bool,
 }
 
 /// Serves HTTP/1.1 on `stream` until the client closes, a timeout passes or shutdown.
@@ -117,7 +115,6 @@ pub(super) async fn serve(
         timer: Box::pin(tokio::time::sleep_until(after(now, limits.idle))),
         last_active: now,
         released: false,
-        read_closed: false,
     };
     let result = conn.serve(state, peer, gauge, stop).await;
     gauge.set_idle(false);
@@ -396,18 +393,12 @@ impl Conn<'_> {
     /// request is served (unless its body has the reader). Bytes it sends meanwhile (a
     /// pipelined next request) are kept, up to the size of a head.
     fn poll_read_closed(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.read_closed {
-            return true;
-        }
         let Some(reader) = self.reader.as_mut() else {
             return false;
         };
         while reader.buf.len() < self.limits.max_head {
             match reader.poll_fill(cx) {
-                Poll::Ready(Ok(0) | Err(_)) => {
-                    self.read_closed = true;
-                    return true;
-                }
+                Poll::Ready(Ok(0) | Err(_)) => return true,
                 Poll::Ready(Ok(_)) => {}
                 Poll::Pending => return false,
             }
@@ -466,15 +457,11 @@ impl Conn<'_> {
             self.queue.head(),
         );
         let mut writer = BodyWriter::new(body, framing);
-        let written = poll_fn(|cx| {
-            // The response goes on after a close is seen: the client may only have
-            // half-closed, and if it has gone, writing fails.
-            self.poll_read_closed(cx);
-            writer.poll_write(&mut self.queue, &mut self.write, cx)
-        })
-        .await;
+        // The client is not watched while its answer is written: one that has gone makes
+        // a write fail, and one that only half-closed still reads.
+        let written = poll_fn(|cx| writer.poll_write(&mut self.queue, &mut self.write, cx)).await;
         match written {
-            Ok(()) => Ok(keep_alive && !self.read_closed),
+            Ok(()) => Ok(keep_alive),
             // A body that broke off or does not match its length: the client must see
             // the response cut, so the connection closes without a last chunk.
             Err(WriteError::Body(e)) => Err(e),
