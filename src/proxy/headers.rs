@@ -34,6 +34,25 @@ static HOP_BY_HOP: [HeaderName; 10] = [
     header::PROXY_AUTHENTICATE,
 ];
 
+/// Whether `name` (lower case, as `HeaderName` keeps it) could be one of [`HOP_BY_HOP`]:
+/// its length rules out almost every other name at once, which comparing it with each
+/// of the ten did not (about 300 instructions per request).
+fn may_be_hop_by_hop(name: &str) -> bool {
+    let hit = match name.len() {
+        2 => name == "te",
+        7 => name == "trailer" || name == "upgrade",
+        10 => name == "connection" || name == "keep-alive",
+        14 => name == "http2-settings",
+        16 => name == "proxy-connection",
+        17 => name == "transfer-encoding",
+        18 => name == "proxy-authenticate",
+        19 => name == "proxy-authorization",
+        _ => false,
+    };
+    debug_assert_eq!(hit, HOP_BY_HOP.iter().any(|h| h.as_str() == name));
+    hit
+}
+
 /// Names a forwarding proxy must never let `Connection` remove: ficus sets them itself.
 fn is_protected(name: &HeaderName) -> bool {
     name == X_FORWARDED_FOR
@@ -59,7 +78,7 @@ fn strip(headers: &mut HeaderMap, request: bool) {
     // cheaper than a hash lookup per name (this runs twice per request).
     if !headers
         .keys()
-        .any(|name| HOP_BY_HOP.contains(name) || (request && *name == X_FICUS_SHADOW))
+        .any(|name| may_be_hop_by_hop(name.as_str()) || (request && *name == X_FICUS_SHADOW))
     {
         return;
     }
@@ -220,6 +239,16 @@ mod tests {
             );
         }
         headers
+    }
+
+    #[test]
+    fn the_length_filter_knows_every_hop_by_hop_name() {
+        for name in &HOP_BY_HOP {
+            assert!(may_be_hop_by_hop(name.as_str()), "{name}");
+        }
+        for name in ["host", "accept", "content-length", "x-forwarded-for", "tee"] {
+            assert!(!may_be_hop_by_hop(name), "{name}");
+        }
     }
 
     #[test]
