@@ -12,9 +12,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{
-    CONNECTION, CONTENT_LENGTH, COOKIE, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
-};
+use http::header::{CONTENT_LENGTH, COOKIE, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{Method, StatusCode, Uri, Version};
 
@@ -207,6 +205,8 @@ pub struct ResponseHead {
     pub version: Version,
     /// The header fields.
     pub headers: HeaderMap,
+    /// Its framing fields, read from the raw lines.
+    facts: Facts,
 }
 
 /// Where one header line sits in the head: name and value byte ranges.
@@ -222,6 +222,7 @@ struct Span {
 pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ProtocolError> {
     let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut spans = [Span::default(); MAX_HEADERS];
+    let mut facts = Facts::default();
     let (len, code, version, count, reason) = {
         let mut response = httparse::Response::new(&mut []);
         let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -233,6 +234,9 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, P
             Ok(httparse::Status::Complete(len)) => {
                 let base = buf.as_ptr() as usize;
                 record_spans(base, response.headers, &mut spans);
+                for header in response.headers.iter() {
+                    facts.observe(header.name.as_bytes(), header.value);
+                }
                 let reason = response.reason.unwrap_or("");
                 let code = response.code.unwrap_or(0);
                 let usual = StatusCode::from_u16(code)
@@ -274,6 +278,7 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, P
         reason: reason.map(|(start, len)| head.slice(start..start + len)),
         version,
         headers,
+        facts,
     }))
 }
 
@@ -342,8 +347,8 @@ pub struct RequestHead {
     pub length_repeated: bool,
 }
 
-/// What the server needs from a request's header lines, gathered as they are read
-/// rather than looked up in the header map.
+/// What framing needs from a message's header lines, gathered as httparse returns
+/// them rather than looked up in the header map afterwards.
 #[derive(Debug, Default)]
 struct Facts {
     length: Option<u64>,
@@ -353,6 +358,7 @@ struct Facts {
     /// Transfer-Encoding codings seen, and whether every one of them is chunked.
     codings: u32,
     only_chunked: bool,
+    last_chunked: bool,
     close: bool,
     keep_alive: bool,
     expect_continue: bool,
@@ -377,10 +383,13 @@ impl Facts {
                         self.only_chunked = true;
                     }
                     self.codings += 1;
-                    self.only_chunked &= coding.trim_ascii().eq_ignore_ascii_case(b"chunked");
+                    self.last_chunked = coding.trim_ascii().eq_ignore_ascii_case(b"chunked");
+                    self.only_chunked &= self.last_chunked;
                 }
             }
             10 if name.eq_ignore_ascii_case(b"connection") => {
+                // A value that is not plain ASCII is taken for `close`.
+                self.close |= !value.is_ascii();
                 for token in value.split(|&b| b == b',') {
                     let token = token.trim_ascii();
                     self.close |= token.eq_ignore_ascii_case(b"close");
@@ -394,7 +403,13 @@ impl Facts {
         }
     }
 
-    /// How the body is delimited (RFC 9112 §6.3). Anything a server and the upstream
+    /// Whether the sender lets the connection carry another message after this one:
+    /// HTTP/1.1 unless told `close`, HTTP/1.0 only with `keep-alive`.
+    fn keeps_alive(&self, version: Version) -> bool {
+        !self.close && (version == Version::HTTP_11 || self.keep_alive)
+    }
+
+    /// How a request body is delimited (RFC 9112 §6.3). Anything a server and the upstream
     /// behind it could read differently is refused (request smuggling): both
     /// Content-Length and Transfer-Encoding, a coding other than chunked last,
     /// Transfer-Encoding on HTTP/1.0, a malformed or conflicting Content-Length.
@@ -489,7 +504,7 @@ pub fn parse_request_head(
         version,
         headers,
         body,
-        keep_alive: !facts.close && (version == Version::HTTP_11 || facts.keep_alive),
+        keep_alive: facts.keeps_alive(version),
         expect_continue: facts.expect_continue,
         length_repeated: facts.length_items > 1,
     }))
@@ -525,7 +540,8 @@ pub fn response_framing(
     method: &Method,
     head: &mut ResponseHead,
 ) -> Result<(ResponseFraming, bool), ProtocolError> {
-    let mut reusable = keeps_alive(head.version, &head.headers);
+    let facts = &head.facts;
+    let mut reusable = facts.keeps_alive(head.version);
     let status = head.status;
     if status == StatusCode::SWITCHING_PROTOCOLS {
         // The connection speaks another protocol from here on.
@@ -538,46 +554,29 @@ pub fn response_framing(
     {
         return Ok((ResponseFraming::Length(0), reusable));
     }
-    if head.headers.contains_key(TRANSFER_ENCODING) {
+    if facts.codings > 0 {
         if head.version == Version::HTTP_10 {
             return Err(ProtocolError::TransferEncodingOnHttp10);
         }
-        if head.headers.remove(CONTENT_LENGTH).is_some() {
+        let chunked = facts.last_chunked;
+        if facts.length_items > 0 {
             // Both framings: chunked wins, but the sender is confused (or smuggling).
+            head.headers.remove(CONTENT_LENGTH);
             reusable = false;
         }
-        return Ok(if is_chunked_last(&head.headers) {
+        return Ok(if chunked {
             (ResponseFraming::Chunked, reusable)
         } else {
             (ResponseFraming::Close, false)
         });
     }
-    match content_length(&head.headers) {
-        Ok(Some(length)) => Ok((ResponseFraming::Length(length), reusable)),
-        Ok(None) => Ok((ResponseFraming::Close, false)),
-        Err(InvalidLength) => Err(ProtocolError::ContentLength),
+    if facts.length_invalid {
+        return Err(ProtocolError::ContentLength);
     }
-}
-
-/// The Content-Length of a message, if it has one. Repeated fields and lists must all
-/// give the same length (`Content-Length: 5, 5` is a list of one, RFC 9110 §8.6).
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, InvalidLength> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let text = value.to_str().map_err(|_| InvalidLength)?;
-        for item in text.split(',') {
-            let parsed = parse_digits(item.trim().as_bytes()).ok_or(InvalidLength)?;
-            if length.is_some_and(|l| l != parsed) {
-                return Err(InvalidLength);
-            }
-            length = Some(parsed);
-        }
-    }
-    match length {
-        // Fields present but no item in them: `Content-Length: ,`.
-        None if headers.contains_key(CONTENT_LENGTH) => Err(InvalidLength),
-        length => Ok(length),
-    }
+    Ok(match facts.length {
+        Some(length) => (ResponseFraming::Length(length), reusable),
+        None => (ResponseFraming::Close, false),
+    })
 }
 
 /// How a client's request body is delimited (RFC 9112 §6.3).
@@ -589,31 +588,6 @@ pub enum RequestBodyLength {
     Length(u64),
     /// Chunked transfer coding.
     Chunked,
-}
-
-/// Whether the final transfer coding is chunked (the only one ficus decodes).
-fn is_chunked_last(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
-}
-
-/// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only with `keep-alive`.
-pub fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let mut close = false;
-    let mut keep_alive = false;
-    for value in headers.get_all(CONNECTION) {
-        for token in value.to_str().unwrap_or("close").split(',') {
-            let token = token.trim();
-            close |= token.eq_ignore_ascii_case("close");
-            keep_alive |= token.eq_ignore_ascii_case("keep-alive");
-        }
-    }
-    !close && (version == Version::HTTP_11 || keep_alive)
 }
 
 /// A Content-Length value: one run of ASCII digits that fits in u64.
