@@ -772,3 +772,166 @@ async fn client_leaving_before_its_answer_cancels_the_upstream_request() {
     assert_eq!(answer.status, http::StatusCode::OK);
     assert_eq!(targets(&legacy), ["/after"]);
 }
+
+#[tokio::test]
+async fn expect_100_continue_is_not_answered_for_a_request_that_never_reads_its_body() {
+    let legacy = Backend::start("legacy").await;
+    let dead = refused_addr().await;
+    let rest = format!("{}{}", upstream("dead", dead), route("dead", "/dead"));
+    let proxy = TestProxy::start(&table(&[("legacy", &legacy)], &rest)).await;
+    let cases: [(&str, &[u8], u16); 2] = [
+        (
+            "refused: two Host fields",
+            b"POST /x HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+            400,
+        ),
+        (
+            "upstream down",
+            b"POST /dead HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+            502,
+        ),
+    ];
+    for (case, head, status) in cases {
+        let mut client = Client::connect(&proxy).await;
+        // The head alone: the client waits for `100 Continue` before its body.
+        client.send(head).await;
+        // The first line is the final answer: no invitation to send a body nobody reads.
+        let reply = client.response("POST").await;
+        assert_eq!(reply.status(), status, "{case}: {reply:?}");
+        assert_eq!(reply.header("connection"), Some("close"), "{case}");
+    }
+    assert!(targets(&legacy).is_empty());
+}
+
+#[tokio::test]
+async fn a_broken_answer_to_an_http_1_0_client_ends_in_a_reset_not_a_clean_close() {
+    // Close-delimited for HTTP/1.0: a clean close would make the cut answer look whole.
+    let upstream_addr = RawUpstream::start(Some(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n",
+    ))
+    .await;
+    let proxy = TestProxy::start(&format!(
+        "default = \"legacy\"\n{}",
+        upstream("legacy", upstream_addr.addr)
+    ))
+    .await;
+    let mut client = Client::connect(&proxy).await;
+
+    client.send(b"GET /x HTTP/1.0\r\nHost: x\r\n\r\n").await;
+
+    let end = loop {
+        match client.responses.fill().await {
+            Read::Bytes => continue,
+            other => break other,
+        }
+    };
+    match end {
+        Read::Reset(_) => {}
+        Read::Closed => panic!("a clean close after {:?}", lossy(&client.responses.buf)),
+        Read::Stalled => panic!("left open after {:?}", lossy(&client.responses.buf)),
+        Read::Bytes => unreachable!("the loop reads on"),
+    }
+    let got = lossy(&client.responses.buf);
+    assert!(
+        !got.contains("ZZ"),
+        "the broken chunk line was relayed: {got:?}"
+    );
+}
+
+#[tokio::test]
+async fn http_1_0_client_sees_the_early_answers_end_at_once_while_its_upload_goes_on() {
+    let early = RawUpstream::start(Some(
+        b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nnope!\r\n0\r\n\r\n",
+    ))
+    .await;
+    // Were the end to wait for the upload, it would come at the idle timeout.
+    let proxy = TestProxy::start(&format!(
+        "default = \"legacy\"\n[server]\nidle_timeout = \"30s\"\n{}",
+        upstream("legacy", early.addr)
+    ))
+    .await;
+    let mut client = Client::connect(&proxy).await;
+
+    client
+        .send(b"POST /x HTTP/1.0\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        .await;
+
+    // The close-delimited body ends within EVENT_TIMEOUT, far below the idle timeout.
+    let reply = client.response("POST").await;
+    assert_eq!(reply.status(), 401);
+    assert_eq!(reply.text(), "nope!");
+}
+
+#[tokio::test]
+async fn empty_lines_do_not_keep_an_idle_connection_open() {
+    let legacy = Backend::start("legacy").await;
+    let proxy = TestProxy::start(&table(
+        &[("legacy", &legacy)],
+        "[server]\nheader_read_timeout = \"300ms\"\nidle_timeout = \"1s\"\n",
+    ))
+    .await;
+    let mut client = Client::connect(&proxy).await;
+    let start = tokio::time::Instant::now();
+
+    // A client trickling empty lines, twice per idle timeout: the pacing is what is
+    // tested, not a stand-in for synchronisation.
+    let closed = loop {
+        if client.write.write_all(b"\r\n").await.is_err() {
+            break true;
+        }
+        match tokio::time::timeout(
+            Duration::from_millis(400),
+            client.responses.read.read(&mut [0u8; 64]),
+        )
+        .await
+        {
+            Ok(Ok(0) | Err(_)) => break true,
+            Ok(Ok(n)) => panic!("{n} bytes answered to empty lines"),
+            Err(_) if start.elapsed() > Duration::from_secs(4) => break false,
+            Err(_) => {}
+        }
+    };
+
+    assert!(closed, "still open after {:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "closed early"
+    );
+}
+
+#[tokio::test]
+async fn an_upstreams_repeated_length_is_relayed_once_and_a_204_has_none() {
+    let cases: [(&'static [u8], &str, Option<&str>); 3] = [
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello",
+            "a list of one length",
+            Some("5"),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+            "two fields of one length",
+            Some("5"),
+        ),
+        (
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n",
+            "a 204 with a length",
+            None,
+        ),
+    ];
+    for (answer, case, length) in cases {
+        let raw = RawUpstream::start(Some(answer)).await;
+        let proxy = TestProxy::start(&format!(
+            "default = \"legacy\"\n{}",
+            upstream("legacy", raw.addr)
+        ))
+        .await;
+        let mut client = Client::connect(&proxy).await;
+        client.send(&get("/x")).await;
+        let reply = client.response("GET").await;
+        let lengths = reply.values("content-length");
+        assert_eq!(lengths, length.into_iter().collect::<Vec<_>>(), "{case}");
+        // The connection goes on at the right place.
+        client.send(&get("/y")).await;
+        assert_eq!(client.response("GET").await.line, reply.line, "{case}");
+    }
+}

@@ -990,10 +990,11 @@ async fn upstream_closing_before_any_byte_of_a_response_answers_502_upstream_pro
     );
 }
 
-/// Sends one GET to an upstream answering `answer`, whose body breaks off. The client
-/// sees a cut connection, either before the head was flushed or after a prefix of
-/// `sent`: never a complete answer. The broken body is counted as a protocol error
-/// (the request itself was recorded under the upstream's 200).
+/// Sends one GET to an upstream answering `answer`, whose body breaks off after `sent`.
+/// The client sees the upstream's 200 cut after a prefix of `sent`, never a complete
+/// answer; or, when the body broke before its first byte and nothing had gone out,
+/// ficus's own complete 502. The broken body is counted as a protocol error (the
+/// request itself was recorded under the upstream's 200).
 async fn assert_broken_body_is_cut(
     answer: impl AsRef<[u8]>,
     then: Then,
@@ -1005,7 +1006,19 @@ async fn assert_broken_body_is_cut(
 
     let reply = client.try_call("GET", "/cut").await;
 
-    if let Some(reply) = &reply {
+    if let Some(reply) = &reply
+        && reply.status() == 502
+    {
+        assert!(
+            sent.is_empty(),
+            "a 502 after body bytes went out: {reply:?}"
+        );
+        assert!(
+            reply.text().contains(r#""error":"upstream_protocol""#),
+            "{reply:?}"
+        );
+        assert_eq!(reply.body.end, Ok(()), "{reply:?}");
+    } else if let Some(reply) = &reply {
         assert_eq!(reply.status(), 200, "{reply:?}");
         assert_eq!(reply.body.end, Err(Cut::Closed), "{reply:?}");
         assert!(
@@ -1039,8 +1052,10 @@ async fn chunked_response_cut_mid_chunk_is_cut_short_for_the_client() {
 #[tokio::test]
 async fn invalid_chunk_size_line_gives_the_client_no_complete_response() {
     let answer = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n";
-    // Not a byte of the body: the first chunk-size line is already broken.
-    let (upstream, _) = assert_broken_body_is_cut(answer, Then::KeepOpen, b"").await;
+    // Not a byte of the body: the first chunk-size line is already broken, so the
+    // client gets ficus's 502 instead of the upstream's head.
+    let (upstream, reply) = assert_broken_body_is_cut(answer, Then::KeepOpen, b"").await;
+    assert_eq!(reply.map(|r| r.status()), Some(502));
     // ficus does not go on using the upstream connection it could not read.
     upstream.wait_for_ended(1).await;
 }

@@ -172,11 +172,13 @@ pub fn response_body_framing(
     exact: Option<u64>,
     client: Version,
 ) -> (Framing, Option<u64>) {
-    if head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    if status.is_informational() || status == StatusCode::NO_CONTENT {
+        // These never have a body, and a length on them is wrong (RFC 9110 §8.6).
+        headers.remove(CONTENT_LENGTH);
+        return (Framing::Empty, None);
+    }
+    if head_request || status == StatusCode::NOT_MODIFIED {
+        // The length, if any, is the one a GET would have had: kept.
         return (Framing::Empty, None);
     }
     if headers.contains_key(CONTENT_LENGTH) {
@@ -272,7 +274,14 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, P
         Version::HTTP_11
     };
     let head = buf.split_to(len).freeze();
-    let headers = header_map(&head, &spans[..count]).map_err(ProtocolError::Head)?;
+    let mut headers = header_map(&head, &spans[..count]).map_err(ProtocolError::Head)?;
+    if facts.length_items > 1
+        && !facts.length_invalid
+        && let Some(length) = facts.length
+    {
+        // `5, 5` or two fields of 5: relayed once, as clients expect.
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+    }
     Ok(Some(ResponseHead {
         status,
         reason: reason.map(|(start, len)| head.slice(start..start + len)),

@@ -51,6 +51,19 @@ impl WriteQueue {
         &mut self.out
     }
 
+    /// Whether a head is queued and not one byte of it has been written.
+    pub fn head_unsent(&self) -> bool {
+        self.out_pos == 0 && !self.out.is_empty()
+    }
+
+    /// Drops everything queued.
+    pub fn discard(&mut self) {
+        self.out.clear();
+        self.out_pos = 0;
+        self.data = Bytes::new();
+        self.suffix = b"";
+    }
+
     /// Whether everything queued has been written.
     pub fn is_empty(&self) -> bool {
         self.out_pos == self.out.len() && self.data.is_empty() && self.suffix.is_empty()

@@ -7,6 +7,8 @@
 //! before that. Requests without a body, most of them, hand nothing over.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
@@ -131,12 +133,32 @@ pub struct Returned {
     pub finished: bool,
 }
 
+/// An `Expect: 100-continue` the connection answers when the body is first read: only a
+/// request that got as far as its upstream invites the client to send its body. (One
+/// refused or failed before then is answered without it, and the client sends nothing.)
+#[derive(Debug, Default)]
+pub struct Continue {
+    wanted: AtomicBool,
+}
+
+impl Continue {
+    /// Whether the body has asked for the `100 Continue`; true once.
+    pub fn take(&self) -> bool {
+        // The body sets it from the connection's own task (the handler runs there), and
+        // the connection reads it right after polling the handler: no other data rides
+        // on it, so relaxed ordering is enough.
+        self.wanted.load(Ordering::Relaxed) && self.wanted.swap(false, Ordering::Relaxed)
+    }
+}
+
 /// What is left of an HTTP/1.1 request body.
 #[derive(Debug, Clone, Copy)]
 enum Remaining {
     Length(u64),
     Chunked(Chunked),
     Done,
+    /// Broke off: every later poll fails too.
+    Failed,
 }
 
 /// An HTTP/1.1 request body, read from the client's connection as it is polled.
@@ -145,12 +167,20 @@ pub struct Http1Body {
     reader: Option<Reader>,
     remaining: Remaining,
     back: Option<oneshot::Sender<Returned>>,
+    /// Asked for on the first poll, then dropped.
+    expect: Option<Arc<Continue>>,
 }
 
 impl Http1Body {
     /// A body of `length` bytes (`None`: chunked) read with `reader`, which goes back
-    /// through `back` once the body has ended or is dropped.
-    pub fn new(reader: Reader, length: Option<u64>, back: oneshot::Sender<Returned>) -> Self {
+    /// through `back` once the body has ended or is dropped. `expect` is raised when the
+    /// body is first read.
+    pub fn new(
+        reader: Reader,
+        length: Option<u64>,
+        back: oneshot::Sender<Returned>,
+        expect: Option<Arc<Continue>>,
+    ) -> Self {
         let remaining = match length {
             Some(n) => Remaining::Length(n),
             None => Remaining::Chunked(Chunked::Size),
@@ -159,6 +189,7 @@ impl Http1Body {
             reader: Some(reader),
             remaining,
             back: Some(back),
+            expect,
         }
     }
 
@@ -175,6 +206,7 @@ impl Http1Body {
 
     fn fail(&mut self, error: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.give_back(false);
+        self.remaining = Remaining::Failed;
         Poll::Ready(Some(Err(error)))
     }
 }
@@ -194,12 +226,18 @@ impl Body for Http1Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
+        if let Some(expect) = this.expect.take() {
+            expect.wanted.store(true, Ordering::Relaxed);
+        }
         loop {
+            if let Remaining::Failed = this.remaining {
+                return Poll::Ready(Some(Err("the request body broke off".into())));
+            }
             let Some(reader) = this.reader.as_mut() else {
                 return Poll::Ready(None);
             };
             let decoded = match &mut this.remaining {
-                Remaining::Done => Decoded::End,
+                Remaining::Done | Remaining::Failed => Decoded::End,
                 Remaining::Length(_) if reader.buf.is_empty() => Decoded::NeedMore,
                 Remaining::Length(left) => {
                     let take = usize::try_from(*left)
@@ -249,7 +287,7 @@ impl Body for Http1Body {
         match self.remaining {
             Remaining::Done => SizeHint::with_exact(0),
             Remaining::Length(n) => SizeHint::with_exact(n),
-            Remaining::Chunked(_) => SizeHint::default(),
+            Remaining::Chunked(_) | Remaining::Failed => SizeHint::default(),
         }
     }
 }

@@ -25,11 +25,13 @@ use std::cell::RefCell;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HeaderName, HeaderValue, TRANSFER_ENCODING,
+    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, DATE, EXPECT, HeaderName, HeaderValue,
+    TRANSFER_ENCODING,
 };
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::ext::ReasonPhrase;
@@ -39,12 +41,13 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
-use super::body::{ClientBody, Http1Body, Reader, Returned};
+use super::body::{ClientBody, Continue, Http1Body, Reader, Returned};
 use super::io::{after, only_empty_lines};
 use super::{ConnError, StopWatch};
 use crate::http1::codec::{self, RequestBodyLength, RequestHead, RequestHeadError};
 use crate::http1::wire::{BodyWriter, Framing, WriteError, WriteQueue};
 use crate::metrics::ConnectionGauge;
+use crate::proxy::headers::X_REQUEST_ID;
 use crate::proxy::{self, Peer, ResponseBody, SharedState};
 
 /// How long an idle keep-alive connection keeps its read buffer. Short enough that
@@ -80,6 +83,15 @@ enum NoHead {
     Io(io::Error),
 }
 
+/// A request ready for the handler, and what the connection keeps of it.
+struct Prepared {
+    request: Request<ClientBody>,
+    /// Gives the reader back, when the request has a body.
+    returned: Option<oneshot::Receiver<Returned>>,
+    /// Raised by the body when it is first read, for an `Expect: 100-continue`.
+    expect: Option<Arc<Continue>>,
+}
+
 /// One client connection.
 struct Conn<'a> {
     /// The read side; `None` while a request body has it.
@@ -94,6 +106,9 @@ struct Conn<'a> {
     last_active: Instant,
     /// The read buffer was freed while idling (counted as an idle connection).
     released: bool,
+    /// An answer broke off after its head was sent: the connection must be reset, so
+    /// the client cannot take what it got for a whole answer.
+    abort: bool,
 }
 
 /// Serves HTTP/1.1 on `stream` until the client closes, a timeout passes or shutdown.
@@ -115,9 +130,19 @@ pub(super) async fn serve(
         timer: Box::pin(tokio::time::sleep_until(after(now, limits.idle))),
         last_active: now,
         released: false,
+        abort: false,
     };
     let result = conn.serve(state, peer, gauge, stop).await;
     gauge.set_idle(false);
+    if conn.abort {
+        // A reset, not a FIN: for an answer delimited by the connection's end (to an
+        // HTTP/1.0 client) a FIN would look like its end. The socket closes with the
+        // reset once the read half is dropped too.
+        let Conn { write, reader, .. } = conn;
+        let _ = write.as_ref().set_zero_linger();
+        write.forget();
+        drop(reader);
+    }
     result
 }
 
@@ -143,8 +168,12 @@ impl Conn<'_> {
             let mut keep_alive = head.keep_alive;
             let client = head.version;
             let head_request = head.method == Method::HEAD;
-            let (request, mut returned) = self.request(head)?;
-            if let Some(answer) = self.answer(state, peer, request, stop).await {
+            let Prepared {
+                request,
+                mut returned,
+                expect,
+            } = self.request(head)?;
+            if let Some(answer) = self.answer(state, peer, request, expect, stop).await {
                 keep_alive &= !stop.stopped;
                 if let Some(back) = returned.as_mut() {
                     // A body the handler dropped unread has come back already: say
@@ -166,10 +195,23 @@ impl Conn<'_> {
                 // The client closed before its answer: the request is cancelled.
                 return Ok(());
             }
+            if !keep_alive {
+                // The answer is complete: the client learns so now, whatever an upload
+                // the upstream answered early still does.
+                let _ = self.write.shutdown().await;
+            }
             if let Some(back) = returned {
-                // The body is still being read (an upload the upstream answered early).
-                match tokio::time::timeout(self.limits.idle, back).await {
-                    Ok(Ok(Returned { reader, finished })) => {
+                // The body is still being read (an upload the upstream answered early),
+                // for at most the idle timeout, and not past shutdown.
+                let mut back = back;
+                let wait = poll_fn(|cx| {
+                    if stop.poll_stopped(cx) {
+                        return Poll::Ready(None);
+                    }
+                    Pin::new(&mut back).poll(cx).map(Result::ok)
+                });
+                match tokio::time::timeout(self.limits.idle, wait).await {
+                    Ok(Some(Returned { reader, finished })) => {
                         keep_alive &= finished;
                         self.reader = Some(reader);
                     }
@@ -200,26 +242,34 @@ impl Conn<'_> {
             self.timer.as_mut().reset(release_at);
         }
         let mut head_deadline: Option<Instant> = None;
+        // Whether a head could have completed since the last parse: bytes left from the
+        // last request may hold one; after that, only a read with a line end can.
+        let mut parse = true;
         poll_fn(|cx| {
             loop {
                 // Invariant: a head is read only while the connection holds its reader.
                 let Some(reader) = self.reader.as_mut() else {
                     return Poll::Ready(Err(NoHead::Closed));
                 };
-                if !reader.buf.is_empty() {
+                // A head without a line end is parsed once it is too long, to refuse it.
+                if (parse || reader.buf.len() > limits.max_head) && !reader.buf.is_empty() {
+                    parse = false;
                     match codec::parse_request_head(&mut reader.buf, limits.max_head) {
                         Ok(Some(head)) => return Poll::Ready(Ok(head)),
                         Ok(None) => {}
                         Err(e) => return Poll::Ready(Err(NoHead::Refused(e))),
                     }
-                    // Empty lines between requests are allowed (RFC 9112 §2.2) and are
-                    // not a head.
-                    if head_deadline.is_none() && !only_empty_lines(&reader.buf) {
-                        let deadline = after(Instant::now(), limits.header_read);
-                        head_deadline = Some(deadline);
-                        if deadline < self.timer.deadline() {
-                            self.timer.as_mut().reset(deadline);
-                        }
+                }
+                // Empty lines between requests are allowed (RFC 9112 §2.2) and are not
+                // a head.
+                if head_deadline.is_none()
+                    && !reader.buf.is_empty()
+                    && !only_empty_lines(&reader.buf)
+                {
+                    let deadline = after(Instant::now(), limits.header_read);
+                    head_deadline = Some(deadline);
+                    if deadline < self.timer.deadline() {
+                        self.timer.as_mut().reset(deadline);
                     }
                 }
                 if head_deadline.is_none() && stop.poll_stopped(cx) {
@@ -237,10 +287,18 @@ impl Conn<'_> {
                     }
                 }
                 if !self.released {
+                    let before = reader.buf.len();
                     match reader.poll_fill(cx) {
                         Poll::Ready(Ok(0)) => return Poll::Ready(Err(NoHead::Closed)),
                         Poll::Ready(Ok(_)) => {
-                            self.last_active = Instant::now();
+                            let read = &reader.buf[before..];
+                            // A trickled head is parsed again only when a line may have
+                            // ended, not once per byte.
+                            parse = read.contains(&b'\n');
+                            // Empty lines alone do not keep an idle connection alive.
+                            if !only_empty_lines(read) {
+                                self.last_active = Instant::now();
+                            }
                             continue;
                         }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(NoHead::Io(e))),
@@ -304,10 +362,7 @@ impl Conn<'_> {
     /// The request for the handler. A body takes the reader with it; the receiver
     /// gets it back.
     #[allow(clippy::type_complexity)]
-    fn request(
-        &mut self,
-        head: RequestHead,
-    ) -> Result<(Request<ClientBody>, Option<oneshot::Receiver<Returned>>), ConnError> {
+    fn request(&mut self, head: RequestHead) -> Result<Prepared, ConnError> {
         let RequestHead {
             method,
             uri,
@@ -333,13 +388,14 @@ impl Conn<'_> {
             headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
         }
         let mut returned = None;
+        let mut expect = None;
         let body = match length {
             RequestBodyLength::Empty => ClientBody::Empty,
             RequestBodyLength::Length(_) | RequestBodyLength::Chunked => {
-                // ficus answers `Expect: 100-continue` itself, at once: it forwards the
-                // body as soon as it comes, so there is nothing to wait for.
+                // ficus answers `Expect: 100-continue` itself when the body is first
+                // read: by then the request has been routed and its upstream reached.
                 if expect_continue && version == Version::HTTP_11 {
-                    self.queue.head().extend_from_slice(CONTINUE);
+                    expect = Some(Arc::new(Continue::default()));
                 }
                 let reader = self.reader.take().ok_or("request body without a reader")?;
                 let (tx, rx) = oneshot::channel();
@@ -348,7 +404,7 @@ impl Conn<'_> {
                     RequestBodyLength::Length(n) => Some(n),
                     _ => None,
                 };
-                ClientBody::Http1(Http1Body::new(reader, length, tx))
+                ClientBody::Http1(Http1Body::new(reader, length, tx, expect.clone()))
             }
         };
         let mut request = Request::new(body);
@@ -356,7 +412,11 @@ impl Conn<'_> {
         *request.uri_mut() = uri;
         *request.version_mut() = version;
         *request.headers_mut() = headers;
-        Ok((request, returned))
+        Ok(Prepared {
+            request,
+            returned,
+            expect,
+        })
     }
 
     /// Runs the handler until it answers; `None` if the client closed first.
@@ -365,18 +425,22 @@ impl Conn<'_> {
         state: &SharedState,
         peer: &Peer,
         request: Request<ClientBody>,
+        expect: Option<Arc<Continue>>,
         stop: &mut StopWatch<'_>,
     ) -> Option<Response<ResponseBody>> {
         // Boxed: a connection's task would otherwise keep room for the handler's
         // state (about 3 KiB) while it idles.
         let mut handler = Box::pin(proxy::handle(state, request, peer));
         poll_fn(|cx| {
-            // A `100 Continue` queued with the request goes out first.
-            if let Poll::Ready(Err(_)) = self.queue.poll_flush(&mut self.write, cx) {
-                return Poll::Ready(None);
-            }
             if let Poll::Ready(response) = handler.as_mut().poll(cx) {
                 return Poll::Ready(Some(response));
+            }
+            // The body was read for the first time: invite the client to send it.
+            if expect.as_ref().is_some_and(|expect| expect.take()) {
+                self.queue.head().extend_from_slice(CONTINUE);
+            }
+            if let Poll::Ready(Err(_)) = self.queue.poll_flush(&mut self.write, cx) {
+                return Poll::Ready(None);
             }
             stop.poll_stopped(cx);
             // A client that closes before its answer cancels its request, as with
@@ -460,16 +524,25 @@ impl Conn<'_> {
         // The client is not watched while its answer is written: one that has gone makes
         // a write fail, and one that only half-closed still reads.
         let written = poll_fn(|cx| writer.poll_write(&mut self.queue, &mut self.write, cx)).await;
-        match written {
-            Ok(()) => Ok(keep_alive),
-            // A body that broke off or does not match its length: the client must see
-            // the response cut, so the connection closes without a last chunk.
-            Err(WriteError::Body(e)) => Err(e),
+        let broken: ConnError = match written {
+            Ok(()) => return Ok(keep_alive),
+            Err(WriteError::Io(e)) => return Err(e.into()),
+            Err(WriteError::Body(e)) => e,
             Err(WriteError::Length) => {
-                Err("response body length differs from its content-length".into())
+                "response body length differs from its content-length".into()
             }
-            Err(WriteError::Io(e)) => Err(e.into()),
+        };
+        if self.queue.head_unsent() {
+            // It broke before its first byte: nothing has gone out, so the client can
+            // still get a plain 502 (the upstream error was counted with the body).
+            self.queue.discard();
+            let request_id = parts.headers.get(&X_REQUEST_ID).map(|id| id.as_bytes());
+            self.answer_alone(StatusCode::BAD_GATEWAY, request_id).await;
+            return Ok(false);
         }
+        // The client must see the answer cut, never a clean end.
+        self.abort = true;
+        Err(broken)
     }
 
     /// Answers a refused request head with `error`'s status and closes.
@@ -481,25 +554,47 @@ impl Conn<'_> {
         };
         tracing::debug!(%error, status = status.as_u16(), "request refused");
         state.refused(status);
-        let date = http_date();
-        let extra: [(&HeaderName, &[u8]); 3] = [
-            (&CONTENT_LENGTH, b"0"),
-            (&CONNECTION, b"close"),
-            (&DATE, &date[..]),
-        ];
-        codec::encode_response_head(
-            status,
-            None,
-            &http::HeaderMap::new(),
-            &extra,
-            self.queue.head(),
-        );
-        if poll_fn(|cx| self.queue.poll_flush(&mut self.write, cx))
-            .await
-            .is_ok()
-        {
+        if self.answer_alone(status, None).await {
             self.close().await;
         }
+    }
+
+    /// Writes a short answer of ficus's own with `status`, and `Connection: close`:
+    /// an empty body, or for a 502 ficus's JSON error body. Whether it was written.
+    async fn answer_alone(&mut self, status: StatusCode, request_id: Option<&[u8]>) -> bool {
+        let mut body = Vec::new();
+        if status == StatusCode::BAD_GATEWAY {
+            body.extend_from_slice(br#"{"error":"upstream_protocol""#);
+            if let Some(id) = request_id {
+                body.extend_from_slice(br#","request_id":""#);
+                body.extend_from_slice(id);
+                body.push(b'"');
+            }
+            body.extend_from_slice(b"}");
+        }
+        let date = http_date();
+        let mut digits = [0u8; 20];
+        let mut extra: [(&HeaderName, &[u8]); 5] = [
+            (&CONTENT_LENGTH, decimal(body.len() as u64, &mut digits)),
+            (&CONNECTION, b"close"),
+            (&DATE, &date[..]),
+            (&CONTENT_TYPE, b"application/json"),
+            (&X_REQUEST_ID, b""),
+        ];
+        let n = match request_id {
+            _ if body.is_empty() => 3,
+            Some(id) => {
+                extra[4].1 = id;
+                5
+            }
+            None => 4,
+        };
+        let out = self.queue.head();
+        codec::encode_response_head(status, None, &http::HeaderMap::new(), &extra[..n], out);
+        out.extend_from_slice(&body);
+        poll_fn(|cx| self.queue.poll_flush(&mut self.write, cx))
+            .await
+            .is_ok()
     }
 
     /// Ends the connection after its last response: sends FIN, then reads and drops

@@ -399,8 +399,7 @@ impl Body for UpstreamBody {
 /// Sends the rest of an upload the upstream answered early, within
 /// [`UPLOAD_AFTER_ANSWER`], then closes the connection.
 fn finish_upload(mut conn: Box<Connection>, mut writer: Box<RequestWriter>) {
-    // Called from a body's Drop too, which may run while a runtime shuts down: then
-    // the upload is simply cut.
+    // Outside a runtime (one shutting down) the upload is simply cut.
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(async move {
             let upload = poll_fn(|cx| writer.poll_write(&mut conn, cx));
