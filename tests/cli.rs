@@ -67,7 +67,7 @@ fn explain_names_route_reason_and_sticky_side() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(
-        stdout.contains("route:     users-read (line 38, path /api/users/{id}, methods GET)"),
+        stdout.contains("route:     users-read (line 39, path /api/users/{id}, methods GET)"),
         "{stdout}"
     );
     assert!(stdout.contains("target:    upstream \"users\""), "{stdout}");

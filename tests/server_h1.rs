@@ -935,3 +935,39 @@ async fn an_upstreams_repeated_length_is_relayed_once_and_a_204_has_none() {
         assert_eq!(client.response("GET").await.line, reply.line, "{case}");
     }
 }
+
+#[tokio::test]
+async fn an_answer_that_stops_moving_is_cut_at_stream_idle_timeout() {
+    // 3 bytes of 100, then nothing: the upstream keeps its connection open.
+    let stalled =
+        RawUpstream::start(Some(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")).await;
+    let proxy = TestProxy::start(&format!(
+        "default = \"legacy\"\n[server]\nstream_idle_timeout = \"1s\"\n{}",
+        upstream("legacy", stalled.addr)
+    ))
+    .await;
+    let mut client = Client::connect(&proxy).await;
+    let start = tokio::time::Instant::now();
+
+    client.send(&get("/x")).await;
+
+    // Read the head and the 3 bytes, then wait for the end (within EVENT_TIMEOUT).
+    let end = loop {
+        match client.responses.fill().await {
+            Read::Bytes => continue,
+            other => break other,
+        }
+    };
+    let got = lossy(&client.responses.buf);
+    assert!(got.ends_with("\r\n\r\nabc"), "{got:?}");
+    match end {
+        // Cut, never a clean end that could pass for a whole answer.
+        Read::Reset(_) => {}
+        Read::Closed => panic!("a clean close after {got:?}"),
+        Read::Stalled => panic!("still open after {:?}", start.elapsed()),
+        Read::Bytes => unreachable!("the loop reads on"),
+    }
+    assert!(start.elapsed() >= Duration::from_millis(900), "cut early");
+    // The upstream connection is given up too.
+    assert!(stalled.ended_within(1, EVENT_TIMEOUT).await);
+}

@@ -35,6 +35,10 @@ fn defaults_apply_when_sections_are_absent() {
         table.server.header_read_timeout,
         defaults::HEADER_READ_TIMEOUT
     );
+    assert_eq!(
+        table.server.stream_idle_timeout,
+        defaults::STREAM_IDLE_TIMEOUT
+    );
     assert_eq!(table.default_timeout, defaults::ROUTE_TIMEOUT);
     let users = &table.upstreams[table.upstream_index("users").unwrap()];
     assert_eq!(users.pool_idle_timeout, Duration::from_secs(4));

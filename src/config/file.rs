@@ -50,6 +50,8 @@ pub struct FileServer {
     pub idle_timeout: Option<String>,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Option<String>,
+    /// Longest an answer being written may go without a byte reaching the client.
+    pub stream_idle_timeout: Option<String>,
     /// Most client connections open at once.
     pub max_connections: Option<u32>,
     /// Largest request head (request line plus headers), in bytes.

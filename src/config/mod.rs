@@ -80,6 +80,8 @@ pub struct ServerSettings {
     pub idle_timeout: Duration,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Duration,
+    /// Longest an answer being written may go without a byte reaching the client.
+    pub stream_idle_timeout: Duration,
     /// Most client connections open at once.
     pub max_connections: usize,
     /// Largest request head in bytes.
@@ -99,6 +101,9 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
     /// `[server] drain_timeout`.
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    /// `[server] stream_idle_timeout`: nginx's `send_timeout`, the send-idle and
+    /// stream-idle rows of reliability.md §2.
+    pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     /// `[server] max_connections`.
     pub const MAX_CONNECTIONS: usize = 10_000;
     /// `[server] max_request_header_bytes`.
@@ -473,7 +478,7 @@ impl Compiler {
         if max_head < 8192 {
             self.problem(
                 Some(at),
-                "server.max_request_header_bytes: must be at least 8192 (hyper's minimum)".into(),
+                "server.max_request_header_bytes: must be at least 8192".into(),
             );
         }
         ServerSettings {
@@ -494,6 +499,12 @@ impl Compiler {
                 "server.drain_timeout",
                 s.drain_timeout.as_ref(),
                 defaults::DRAIN_TIMEOUT,
+            ),
+            stream_idle_timeout: self.duration(
+                at,
+                "server.stream_idle_timeout",
+                s.stream_idle_timeout.as_ref(),
+                defaults::STREAM_IDLE_TIMEOUT,
             ),
             max_connections,
             max_request_header_bytes: max_head,

@@ -38,6 +38,8 @@ pub struct WriteQueue {
     data: Bytes,
     /// ...then a chunk's or the body's closing CRLFs.
     suffix: &'static [u8],
+    /// Bytes written so far, ever: progress, for a send timeout.
+    written: u64,
 }
 
 impl WriteQueue {
@@ -62,6 +64,11 @@ impl WriteQueue {
         self.out_pos = 0;
         self.data = Bytes::new();
         self.suffix = b"";
+    }
+
+    /// Bytes written so far; a change means the peer is taking them.
+    pub fn written(&self) -> u64 {
+        self.written
     }
 
     /// Whether everything queued has been written.
@@ -132,6 +139,7 @@ impl WriteQueue {
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
+            self.written += n as u64;
             let from_head = n.min(head.len());
             self.out_pos += from_head;
             n -= from_head;

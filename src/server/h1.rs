@@ -71,6 +71,8 @@ pub struct Limits {
     pub header_read: Duration,
     /// Longest wait for a next request on a keep-alive connection.
     pub idle: Duration,
+    /// Longest an answer being written may go without a byte reaching the client.
+    pub stream_idle: Duration,
 }
 
 /// Why reading a request head ended without one.
@@ -522,10 +524,55 @@ impl Conn<'_> {
         );
         let mut writer = BodyWriter::new(body, framing);
         // The client is not watched while its answer is written: one that has gone makes
-        // a write fail, and one that only half-closed still reads.
-        let written = poll_fn(|cx| writer.poll_write(&mut self.queue, &mut self.write, cx)).await;
+        // a write fail, and one that only half-closed still reads. One that stops
+        // reading, or an upstream that stops sending, is cut after `stream_idle`
+        // without a byte going out (the connection's timer is free meanwhile).
+        let stream_idle = self.limits.stream_idle;
+        // Bytes written and when they last grew; set at the first wait, so an answer
+        // written at once costs no clock read.
+        let mut progress: Option<(u64, Instant)> = None;
+        let written = poll_fn(|cx| {
+            if let Poll::Ready(written) = writer.poll_write(&mut self.queue, &mut self.write, cx) {
+                return Poll::Ready(written);
+            }
+            let written = self.queue.written();
+            let since = match progress {
+                Some((seen, since)) if seen == written => since,
+                None => {
+                    let now = Instant::now();
+                    // The timer must fire by the deadline.
+                    let due = after(now, stream_idle);
+                    if self.timer.deadline() > due {
+                        self.timer.as_mut().reset(due);
+                    }
+                    now
+                }
+                Some(_) => Instant::now(),
+            };
+            progress = Some((written, since));
+            if self.timer.as_mut().poll(cx).is_ready() {
+                let due = after(since, stream_idle);
+                if Instant::now() >= due {
+                    return Poll::Ready(Err(WriteError::Io(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "stream idle timeout: no byte reached the client",
+                    ))));
+                }
+                self.timer.as_mut().reset(due);
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    cx.waker().wake_by_ref();
+                }
+            }
+            Poll::Pending
+        })
+        .await;
         let broken: ConnError = match written {
             Ok(()) => return Ok(keep_alive),
+            Err(WriteError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                // The answer is incomplete: cut, like a broken one.
+                self.abort = true;
+                return Err(e.into());
+            }
             Err(WriteError::Io(e)) => return Err(e.into()),
             Err(WriteError::Body(e)) => e,
             Err(WriteError::Length) => {

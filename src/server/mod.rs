@@ -137,6 +137,7 @@ impl Protocols {
             max_head: settings.max_request_header_bytes,
             header_read: settings.header_read_timeout,
             idle: settings.idle_timeout,
+            stream_idle: settings.stream_idle_timeout,
         };
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
