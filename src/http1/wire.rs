@@ -7,9 +7,9 @@ use std::io::{self, IoSlice, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use http_body::Body;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// How a message body goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +153,31 @@ impl WriteQueue {
             self.suffix = &self.suffix[n.min(self.suffix.len())..];
         }
     }
+}
+
+/// First read of a connection's buffer; reads grow up to [`MAX_READ`] while they fill it.
+pub const FIRST_READ: usize = 8 * 1024;
+/// Largest read: bounds what one connection buffers from a fast peer.
+pub const MAX_READ: usize = 64 * 1024;
+
+/// Reads from `io` into `buf`, asking for `read_size` bytes, which doubles (up to
+/// [`MAX_READ`]) whenever a read fills the room it had: a fast peer gets fewer, larger
+/// reads. `Ok(0)` is the peer closing.
+pub fn poll_read_growing<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    read_size: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < *read_size / 2 {
+        buf.reserve(*read_size);
+    }
+    let spare = buf.capacity() - buf.len();
+    let n = ready!(tokio_util::io::poll_read_buf(Pin::new(io), cx, buf))?;
+    if n == spare && *read_size < MAX_READ {
+        *read_size *= 2;
+    }
+    Poll::Ready(Ok(n))
 }
 
 /// Appends a chunk-size line.

@@ -18,14 +18,10 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::oneshot;
 
 use crate::http1::codec::{Chunked, Decoded};
+use crate::http1::wire::{self, FIRST_READ};
 
 /// Why a client's request body could not be read.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
-
-/// First read buffer of a connection; reads grow it up to [`MAX_READ`] while they fill it.
-const FIRST_READ: usize = 8 * 1024;
-/// Largest read: bounds what one connection buffers from a fast client.
-const MAX_READ: usize = 64 * 1024;
 
 /// A request body from a client.
 #[derive(Debug)]
@@ -93,20 +89,7 @@ impl Reader {
 
     /// Reads more into the buffer; `Ok(0)` is the client closing (or half-closing).
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
-            self.buf.reserve(self.read_size);
-        }
-        let spare = self.buf.capacity() - self.buf.len();
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            &mut self.buf
-        ))?;
-        if n == spare && self.read_size < MAX_READ {
-            // A fast client: fewer, larger reads.
-            self.read_size *= 2;
-        }
-        Poll::Ready(Ok(n))
+        wire::poll_read_growing(&mut self.io, &mut self.buf, &mut self.read_size, cx)
     }
 
     /// Whether the client has sent bytes (or closed), without reading them and without a

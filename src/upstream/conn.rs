@@ -21,12 +21,8 @@ use tokio::net::TcpStream;
 
 use super::{EndpointPool, RequestBody, SendError};
 use crate::http1::codec::{self, Chunked, Decoded, Field, ResponseFraming, ResponseHead};
-use crate::http1::wire::{BodyWriter, Framing, WriteError, WriteQueue};
+use crate::http1::wire::{self, BodyWriter, FIRST_READ, Framing, WriteError, WriteQueue};
 
-/// First read buffer of a connection; reads grow it up to [`MAX_READ`] while they fill it.
-const FIRST_READ: usize = 8 * 1024;
-/// Largest read: bounds what one connection buffers from a fast upstream.
-const MAX_READ: usize = 64 * 1024;
 /// How long an upload the upstream answered early may go on after the answer. The
 /// client is still sending it; cutting it would reset the client's connection before
 /// it has read the answer.
@@ -107,19 +103,12 @@ impl Connection {
 
     /// Reads more of the response into the buffer; `Ok(0)` is the upstream closing.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read.capacity() - self.read.len() < self.read_size / 2 {
-            self.read.reserve(self.read_size);
-        }
-        let spare = self.read.capacity() - self.read.len();
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            &mut self.read
+        let n = ready!(wire::poll_read_growing(
+            &mut self.io,
+            &mut self.read,
+            &mut self.read_size,
+            cx
         ))?;
-        if n == spare && self.read_size < MAX_READ {
-            // A fast upstream: fewer, larger reads.
-            self.read_size *= 2;
-        }
         self.received |= n > 0;
         Poll::Ready(Ok(n))
     }
