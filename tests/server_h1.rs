@@ -40,13 +40,19 @@ enum Read {
     Stalled,
 }
 
-/// A response as read off the wire.
+/// A response as read off the wire: its head (status line and fields, through
+/// `Deref`) and its body.
 struct Reply {
-    /// The status line, e.g. `HTTP/1.1 200 OK`.
-    line: String,
-    /// Names lower-cased, in wire order.
-    headers: Vec<(String, String)>,
+    head: RawHead,
     body: Vec<u8>,
+}
+
+impl std::ops::Deref for Reply {
+    type Target = RawHead;
+
+    fn deref(&self) -> &RawHead {
+        &self.head
+    }
 }
 
 impl std::fmt::Debug for Reply {
@@ -60,28 +66,6 @@ impl std::fmt::Debug for Reply {
 }
 
 impl Reply {
-    fn status(&self) -> u16 {
-        self.line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("not a status line: {:?}", self.line))
-    }
-
-    /// The first value of `name` (lower-case).
-    fn header(&self, name: &str) -> Option<&str> {
-        self.values(name).into_iter().next()
-    }
-
-    /// Every value of `name` (lower-case), in wire order.
-    fn values(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -178,8 +162,7 @@ impl Responses {
             headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
         }
         let mut reply = Reply {
-            line,
-            headers,
+            head: RawHead { line, headers },
             body: Vec::new(),
         };
         let status = reply.status();

@@ -10,6 +10,7 @@
 //! An upstream closing a pooled keep-alive connection is covered in `tests/upstreams.rs`.
 
 mod support;
+use support::RawHead as Head;
 use support::*;
 
 use std::net::SocketAddr;
@@ -37,82 +38,6 @@ enum Cut {
     Closed,
     /// Nothing arrived within `EVENT_TIMEOUT`.
     Stalled,
-}
-
-/// A message head: the start line and the header fields in wire order.
-#[derive(Debug, Clone)]
-struct Head {
-    line: String,
-    /// Names lower-cased, values trimmed, in wire order.
-    headers: Vec<(String, String)>,
-}
-
-impl Head {
-    fn parse(bytes: &[u8]) -> Head {
-        let text = String::from_utf8_lossy(bytes);
-        let mut lines = text.split("\r\n").filter(|l| !l.is_empty());
-        let line = lines.next().unwrap_or_default().to_owned();
-        let headers = lines
-            .map(|l| {
-                let (name, value) = l
-                    .split_once(':')
-                    .unwrap_or_else(|| panic!("not a header line: {l:?}"));
-                (name.trim().to_ascii_lowercase(), value.trim().to_owned())
-            })
-            .collect();
-        Head { line, headers }
-    }
-
-    /// The status code of a response head.
-    fn status(&self) -> u16 {
-        self.line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("not a status line: {:?}", self.line))
-    }
-
-    /// The first value of `name` (lower-case).
-    fn header(&self, name: &str) -> Option<&str> {
-        self.values(name).into_iter().next()
-    }
-
-    /// Every value of `name` (lower-case), in wire order.
-    fn values(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    /// Whether a `transfer-encoding` header ends in `chunked`.
-    fn is_chunked(&self) -> bool {
-        self.values("transfer-encoding").last().is_some_and(|v| {
-            v.rsplit(',')
-                .next()
-                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
-        })
-    }
-
-    fn content_length(&self) -> Option<usize> {
-        // A list of identical values counts as one (RFC 9110 §8.6).
-        let values: Vec<usize> = self
-            .values("content-length")
-            .iter()
-            .flat_map(|v| v.split(','))
-            .map(|v| {
-                v.trim()
-                    .parse()
-                    .unwrap_or_else(|_| panic!("content-length: {v:?}"))
-            })
-            .collect();
-        assert!(
-            values.windows(2).all(|w| w[0] == w[1]),
-            "conflicting content-length: {values:?}"
-        );
-        values.first().copied()
-    }
 }
 
 /// How a message's body is delimited.

@@ -548,3 +548,80 @@ async fn read_more(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) {
     );
     buf.extend_from_slice(&chunk[..n]);
 }
+
+/// A message head as a raw client or upstream reads it off the wire: the start line
+/// and the header fields in wire order.
+#[derive(Debug, Clone)]
+pub struct RawHead {
+    pub line: String,
+    /// Names lower-cased, values trimmed, in wire order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl RawHead {
+    pub fn parse(bytes: &[u8]) -> RawHead {
+        let text = String::from_utf8_lossy(bytes);
+        let mut lines = text.split("\r\n").filter(|l| !l.is_empty());
+        let line = lines.next().unwrap_or_default().to_owned();
+        let headers = lines
+            .map(|l| {
+                let (name, value) = l
+                    .split_once(':')
+                    .unwrap_or_else(|| panic!("not a header line: {l:?}"));
+                (name.trim().to_ascii_lowercase(), value.trim().to_owned())
+            })
+            .collect();
+        RawHead { line, headers }
+    }
+
+    /// The status code of a response head.
+    pub fn status(&self) -> u16 {
+        self.line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not a status line: {:?}", self.line))
+    }
+
+    /// The first value of `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.values(name).into_iter().next()
+    }
+
+    /// Every value of `name` (lower-case), in wire order.
+    pub fn values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// Whether a `transfer-encoding` header ends in `chunked`.
+    pub fn is_chunked(&self) -> bool {
+        self.values("transfer-encoding").last().is_some_and(|v| {
+            v.rsplit(',')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+        })
+    }
+
+    pub fn content_length(&self) -> Option<usize> {
+        // A list of identical values counts as one (RFC 9110 §8.6).
+        let values: Vec<usize> = self
+            .values("content-length")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("content-length: {v:?}"))
+            })
+            .collect();
+        assert!(
+            values.windows(2).all(|w| w[0] == w[1]),
+            "conflicting content-length: {values:?}"
+        );
+        values.first().copied()
+    }
+}
