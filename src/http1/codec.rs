@@ -613,6 +613,13 @@ fn parse_digits(bytes: &[u8]) -> Option<u64> {
     })
 }
 
+/// Takes what `buf` holds of a body with `left` bytes to go, counting it off `left`.
+pub fn take_length(buf: &mut BytesMut, left: &mut u64) -> Bytes {
+    let take = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+    *left -= take as u64;
+    buf.split_to(take).freeze()
+}
+
 /// What the chunked decoder produced from the buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded {

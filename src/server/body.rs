@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::oneshot;
 
-use crate::http1::codec::{Chunked, Decoded};
+use crate::http1::codec::{self, Chunked, Decoded};
 use crate::http1::wire::{self, FIRST_READ};
 
 /// Why a client's request body could not be read.
@@ -223,11 +223,7 @@ impl Body for Http1Body {
                 Remaining::Done | Remaining::Failed => Decoded::End,
                 Remaining::Length(_) if reader.buf.is_empty() => Decoded::NeedMore,
                 Remaining::Length(left) => {
-                    let take = usize::try_from(*left)
-                        .unwrap_or(usize::MAX)
-                        .min(reader.buf.len());
-                    *left -= take as u64;
-                    let data = reader.buf.split_to(take).freeze();
+                    let data = codec::take_length(&mut reader.buf, left);
                     if *left == 0 {
                         this.give_back(true);
                     }

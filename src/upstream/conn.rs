@@ -288,11 +288,7 @@ impl UpstreamBody {
                 if conn.read.is_empty() {
                     return Ok(Decoded::NeedMore);
                 }
-                let take = usize::try_from(*left)
-                    .unwrap_or(usize::MAX)
-                    .min(conn.read.len());
-                *left -= take as u64;
-                Ok(Decoded::Data(conn.read.split_to(take).freeze()))
+                Ok(Decoded::Data(codec::take_length(&mut conn.read, left)))
             }
             Remaining::Chunked(state) => Ok(state.decode(&mut conn.read)?),
             Remaining::UntilClose => {
