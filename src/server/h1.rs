@@ -8,18 +8,21 @@
 //!   `max_request_header_bytes` or 100 fields is answered 431, a malformed one 400.
 //!   After [`RELEASE_IDLE`] without a request the read and write buffers are freed.
 //! - **request**: the handler runs. A request body is read by whoever polls it, with
-//!   the connection's [`Reader`] handed over for that (see [`super::body`]). A request
-//!   without a body leaves the reader here, and the connection watches it: a client
-//!   that closes cancels its request, as with hyper.
+//!   the connection's [`Reader`] handed over for that (see [`super::body`]); an
+//!   `Expect: 100-continue` is answered when the body is first read, so a request
+//!   refused or failed before its upstream invites no upload. A request without a body
+//!   leaves the reader here, and the connection watches it: a client that closes
+//!   cancels its request, as with hyper. Route timeouts govern this phase.
 //! - **response**: the head goes out in the same write as the first body bytes when
-//!   they are ready; the body streams with the client's pace as backpressure.
+//!   they are ready; the body streams with the client's pace as backpressure, cut after
+//!   `stream_idle_timeout` without a byte reaching the client. An answer that breaks
+//!   off after its head went out ends in a reset, never a clean close that could pass
+//!   for its end; one that breaks before its first byte becomes a 502.
 //!
-//! No connection timeout applies during the request and response phases: route
-//! timeouts govern them. A request whose body was not read to its end, a client that
-//! asked for `close`, an HTTP/1.0 response without a length, and shutdown all end the
-//! connection after the response; bytes the client may still send are read and
-//! dropped for a moment ([`LINGER`]) so that closing does not reset the connection
-//! under the response.
+//! A request whose body was not read to its end, a client that asked for `close`, an
+//! HTTP/1.0 response without a length, and shutdown all end the connection after the
+//! response: FIN first, then bytes the client may still send are read and dropped for a
+//! moment ([`LINGER`]) so that closing does not reset the connection under the answer.
 
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};
