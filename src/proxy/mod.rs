@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use crate::server::body::ClientBody;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
@@ -25,6 +24,7 @@ use tokio::time::Sleep;
 
 use crate::metrics::{BackendMetrics, Metrics, NO_UPSTREAM, UpstreamErrorKind};
 use crate::routing::path;
+use crate::server::body::ClientBody;
 use crate::shadow::ShadowRegistry;
 use crate::snapshot::{DEFAULT_ROUTE, Decision, Snapshot};
 use crate::upstream::{RequestBody, UpstreamBody};
