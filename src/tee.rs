@@ -10,10 +10,11 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::server::body::{BodyError, ClientBody};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
+
+use crate::server::body::{BodyError, ClientBody};
 
 /// Why a tee delivered no copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

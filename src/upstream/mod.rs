@@ -30,7 +30,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::server::body::{BodyError, ClientBody};
 use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::request::Parts;
@@ -40,6 +39,7 @@ use http_body::{Body, Frame, SizeHint};
 use crate::config::{Endpoint, UpstreamSpec};
 use crate::http1::codec;
 use crate::http1::wire::Framing;
+use crate::server::body::{BodyError, ClientBody};
 use crate::tee::TeeBody;
 pub use codec::Field;
 pub use codec::ProtocolError;
