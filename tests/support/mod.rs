@@ -476,20 +476,22 @@ pub struct RawResponse {
 impl RawResponse {
     /// The first value of `name` (lower-case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        values_of(&self.headers, name).into_iter().next()
     }
 
     /// Every value of `name` (lower-case), in wire order.
     pub fn values(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        values_of(&self.headers, name)
     }
+}
+
+/// Every value of `name` (lower-case) among `headers` (names lower-cased), in wire order.
+fn values_of<'h>(headers: &'h [(String, String)], name: &str) -> Vec<&'h str> {
+    headers
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
 }
 
 /// Reads one content-length-framed response from `stream`.
@@ -590,11 +592,7 @@ impl RawHead {
 
     /// Every value of `name` (lower-case), in wire order.
     pub fn values(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        values_of(&self.headers, name)
     }
 
     /// Whether a `transfer-encoding` header ends in `chunked`.
