@@ -15,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod explain;
 pub mod http1;
+pub mod message;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

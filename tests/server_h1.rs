@@ -44,6 +44,8 @@ enum Read {
 /// `Deref`) and its body.
 struct Reply {
     head: RawHead,
+    /// Field names as they came, in their case.
+    names: Vec<String>,
     body: Vec<u8>,
 }
 
@@ -150,7 +152,7 @@ impl Responses {
         // ficus answers HTTP/1.1 whatever the client spoke; anything else here is a
         // stray byte of an earlier answer.
         assert!(line.starts_with("HTTP/1.1 "), "not a status line: {line:?}");
-        let mut headers = Vec::new();
+        let (mut headers, mut names) = (Vec::new(), Vec::new());
         loop {
             let field = self.line("a response head").await;
             if field.is_empty() {
@@ -159,10 +161,12 @@ impl Responses {
             let (name, value) = field
                 .split_once(':')
                 .unwrap_or_else(|| panic!("not a header line: {field:?} after {line:?}"));
+            names.push(name.to_owned());
             headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
         }
         let mut reply = Reply {
             head: RawHead { line, headers },
+            names,
             body: Vec::new(),
         };
         let status = reply.status();
@@ -917,6 +921,39 @@ async fn an_upstreams_repeated_length_is_relayed_once_and_a_204_has_none() {
         client.send(&get("/y")).await;
         assert_eq!(client.response("GET").await.line, reply.line, "{case}");
     }
+}
+
+#[tokio::test]
+async fn an_upstreams_fields_reach_the_client_in_order_and_case_without_hop_by_hop_ones() {
+    let answer = b"HTTP/1.1 200 OK\r\nServer: legacy\r\nConnection: keep-alive, X-Hop\r\n\
+        X-Hop: secret\r\nX-Mixed-Case: A\r\nSet-Cookie: a=1\r\nKeep-Alive: timeout=5\r\n\
+        set-cookie: b=2\r\nContent-Length: 2\r\n\r\nhi";
+    let raw = RawUpstream::start(Some(answer)).await;
+    let proxy = TestProxy::start(&format!(
+        "default = \"legacy\"\n{}",
+        upstream("legacy", raw.addr)
+    ))
+    .await;
+    let mut client = Client::connect(&proxy).await;
+    client.send(&get("/x")).await;
+    let reply = client.response("GET").await;
+    assert_eq!(reply.text(), "hi");
+    // The upstream's own, as it wrote them; then ficus's request id and date.
+    assert_eq!(
+        reply.names,
+        [
+            "Server",
+            "X-Mixed-Case",
+            "Set-Cookie",
+            "set-cookie",
+            "Content-Length",
+            "x-request-id",
+            "date"
+        ],
+        "{reply:?}"
+    );
+    assert_eq!(reply.values("set-cookie"), ["a=1", "b=2"]);
+    assert_eq!(reply.header("x-request-id").map(str::len), Some(32));
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ use http::request::Parts;
 use http::{Method, StatusCode, Uri, Version};
 
 pub use crate::http1::wire::Framing;
+use crate::message::{Fields, Span, write_field};
 
 /// Most header lines in a response head (hyper's client allows the same).
 pub const MAX_HEADERS: usize = 100;
@@ -139,7 +140,7 @@ pub fn encode_request_head(
 pub fn encode_response_head(
     status: StatusCode,
     reason: Option<&[u8]>,
-    headers: &HeaderMap,
+    fields: &Fields,
     extra: &[(&HeaderName, &[u8])],
     out: &mut Vec<u8>,
 ) {
@@ -149,12 +150,9 @@ pub fn encode_response_head(
     let reason = reason.unwrap_or_else(|| status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(reason);
     out.extend_from_slice(b"\r\n");
-    let fields = headers.iter().map(|(name, value)| (name, value.as_bytes()));
-    for (name, value) in fields.chain(extra.iter().copied()) {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+    fields.write_to(out);
+    for (name, value) in extra {
+        write_field(name.as_str().as_bytes(), value, out);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -168,26 +166,27 @@ pub fn encode_response_head(
 pub fn response_body_framing(
     head_request: bool,
     status: StatusCode,
-    headers: &mut HeaderMap,
+    fields: &mut Fields,
     exact: Option<u64>,
     client: Version,
 ) -> (Framing, Option<u64>) {
+    let length = CONTENT_LENGTH.as_str();
     if status.is_informational() || status == StatusCode::NO_CONTENT {
         // These never have a body, and a length on them is wrong (RFC 9110 §8.6).
-        headers.remove(CONTENT_LENGTH);
+        fields.remove(length);
         return (Framing::Empty, None);
     }
     if head_request || status == StatusCode::NOT_MODIFIED {
         // The length, if any, is the one a GET would have had: kept.
         return (Framing::Empty, None);
     }
-    if headers.contains_key(CONTENT_LENGTH) {
+    if fields.contains(length) {
         // Set by the upstream, whose client checked it and sized the body by it, or by
         // ficus, whose bodies have an exact size: the body's size is the length.
         if let Some(length) = exact {
             return (Framing::Length(length), None);
         }
-        headers.remove(CONTENT_LENGTH);
+        fields.remove(length);
     }
     match exact {
         Some(length) => (Framing::Length(length), Some(length)),
@@ -206,16 +205,9 @@ pub struct ResponseHead {
     /// HTTP/1.0 or HTTP/1.1.
     pub version: Version,
     /// The header fields.
-    pub headers: HeaderMap,
+    pub fields: Fields,
     /// Its framing fields, read from the raw lines.
     facts: Facts,
-}
-
-/// Where one header line sits in the head: name and value byte ranges.
-#[derive(Clone, Copy, Default)]
-struct Span {
-    name: (u32, u32),
-    value: (u32, u32),
 }
 
 /// Parses a response head at the start of `buf`. On success the head's bytes are
@@ -274,19 +266,20 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, P
         Version::HTTP_11
     };
     let head = buf.split_to(len).freeze();
-    let mut headers = header_map(&head, &spans[..count]).map_err(ProtocolError::Head)?;
+    let reason = reason.map(|(start, len)| head.slice(start..start + len));
+    let mut fields = Fields::received(head, spans[..count].to_vec());
     if facts.length_items > 1
         && !facts.length_invalid
         && let Some(length) = facts.length
     {
         // `5, 5` or two fields of 5: relayed once, as clients expect.
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+        fields.insert(CONTENT_LENGTH, HeaderValue::from(length));
     }
     Ok(Some(ResponseHead {
         status,
-        reason: reason.map(|(start, len)| head.slice(start..start + len)),
+        reason,
         version,
-        headers,
+        fields,
         facts,
     }))
 }
@@ -570,7 +563,7 @@ pub fn response_framing(
         let chunked = facts.last_chunked;
         if facts.length_items > 0 {
             // Both framings: chunked wins, but the sender is confused (or smuggling).
-            head.headers.remove(CONTENT_LENGTH);
+            head.fields.remove(CONTENT_LENGTH.as_str());
             reusable = false;
         }
         return Ok(if chunked {

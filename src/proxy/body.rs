@@ -79,7 +79,7 @@ impl Body for ResponseBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_mut() {
                     // Connection-specific fields make HTTP/2 clients reset the stream.
-                    crate::proxy::headers::strip_hop_by_hop(trailers);
+                    crate::proxy::headers::strip_trailers(trailers);
                 }
             }
             Poll::Ready(Some(Err(error))) => {

@@ -1,9 +1,10 @@
 //! The closed set of ways a proxied request can fail, and whose fault each is.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, StatusCode, header};
 use http_body_util::Full;
 
+use crate::message::Reply;
 use crate::metrics::UpstreamErrorKind;
 use crate::routing::path::PathError;
 use crate::upstream::SendError;
@@ -74,21 +75,21 @@ impl ProxyError {
         }
     }
 
-    /// The response: a short JSON body naming the error kind and the request id, no internals.
-    pub fn to_response(&self, request_id: &HeaderValue) -> Response<Full<Bytes>> {
+    /// The reply: a short JSON body naming the error kind and the request id, no internals.
+    pub fn to_reply(&self, request_id: &HeaderValue) -> Reply<Full<Bytes>> {
         let body = serde_json::json!({
             "error": self.kind(),
             "request_id": String::from_utf8_lossy(request_id.as_bytes()),
         });
-        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-        *response.status_mut() = self.status();
-        let headers = response.headers_mut();
-        headers.insert(
+        let mut reply = Reply::new(self.status(), Full::new(Bytes::from(body.to_string())));
+        reply.fields.append(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        response
+        reply
+            .fields
+            .append(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        reply
     }
 }
 

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::message::Fields;
+
 /// `X-Request-Id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `X-Forwarded-For`.
@@ -34,22 +36,28 @@ static HOP_BY_HOP: [HeaderName; 10] = [
     header::PROXY_AUTHENTICATE,
 ];
 
-/// Whether `name` (lower case, as `HeaderName` keeps it) could be one of [`HOP_BY_HOP`]:
-/// its length rules out almost every other name at once, which comparing it with each
-/// of the ten did not (about 300 instructions per request).
-fn may_be_hop_by_hop(name: &str) -> bool {
+/// Whether `name` (in any case) is one of [`HOP_BY_HOP`]: its length rules out almost
+/// every other name at once, which comparing it with each of the ten did not (about
+/// 300 instructions per request).
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
     let hit = match name.len() {
-        2 => name == "te",
-        7 => name == "trailer" || name == "upgrade",
-        10 => name == "connection" || name == "keep-alive",
-        14 => name == "http2-settings",
-        16 => name == "proxy-connection",
-        17 => name == "transfer-encoding",
-        18 => name == "proxy-authenticate",
-        19 => name == "proxy-authorization",
+        2 => is("te"),
+        7 => is("trailer") || is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        14 => is("http2-settings"),
+        16 => is("proxy-connection"),
+        17 => is("transfer-encoding"),
+        18 => is("proxy-authenticate"),
+        19 => is("proxy-authorization"),
         _ => false,
     };
-    debug_assert_eq!(hit, HOP_BY_HOP.iter().any(|h| h.as_str() == name));
+    debug_assert_eq!(
+        hit,
+        HOP_BY_HOP
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+    );
     hit
 }
 
@@ -62,8 +70,34 @@ fn is_protected(name: &HeaderName) -> bool {
         || name == header::HOST
 }
 
-/// Removes hop-by-hop headers: every name listed in any `Connection` line, then the fixed set.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes a response's hop-by-hop fields: every name listed in any `Connection` line,
+/// then the fixed set.
+pub fn strip_hop_by_hop(fields: &mut Fields) {
+    // Most responses carry none: one pass over the names finds that out.
+    if !fields.any_name(is_hop_by_hop) {
+        return;
+    }
+    let listed = connection_listed(fields.get_all(header::CONNECTION.as_str()));
+    fields.remove_where(|name| {
+        is_hop_by_hop(name)
+            || listed
+                .iter()
+                .any(|l| name.eq_ignore_ascii_case(l.as_str().as_bytes()))
+    });
+}
+
+/// The names `Connection` values list, lower case, except those ficus sets itself.
+fn connection_listed<'v>(values: impl Iterator<Item = &'v [u8]>) -> Vec<HeaderName> {
+    values
+        .flat_map(|v| v.split(|&b| b == b','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
+        .filter(|name| !is_protected(name))
+        .collect()
+}
+
+/// Removes hop-by-hop fields from trailers (connection-specific ones may not appear
+/// there, RFC 9110 §6.5.1).
+pub fn strip_trailers(headers: &mut HeaderMap) {
     strip(headers, false);
 }
 
@@ -78,7 +112,7 @@ fn strip(headers: &mut HeaderMap, request: bool) {
     // cheaper than a hash lookup per name (this runs twice per request).
     if !headers
         .keys()
-        .any(|name| may_be_hop_by_hop(name.as_str()) || (request && *name == X_FICUS_SHADOW))
+        .any(|name| is_hop_by_hop(name.as_str().as_bytes()) || (request && *name == X_FICUS_SHADOW))
     {
         return;
     }
@@ -87,14 +121,8 @@ fn strip(headers: &mut HeaderMap, request: bool) {
     }
     if headers.contains_key(header::CONNECTION) {
         // Collect first: the names borrow the map we are about to change.
-        let listed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .filter(|name| !is_protected(name))
-            .collect();
+        let values = headers.get_all(header::CONNECTION).iter();
+        let listed = connection_listed(values.map(|v| v.as_bytes()));
         for name in listed {
             headers.remove(name);
         }
@@ -244,16 +272,41 @@ mod tests {
     #[test]
     fn the_length_filter_knows_every_hop_by_hop_name() {
         for name in &HOP_BY_HOP {
-            assert!(may_be_hop_by_hop(name.as_str()), "{name}");
+            assert!(is_hop_by_hop(name.as_str().as_bytes()), "{name}");
+            assert!(
+                is_hop_by_hop(name.as_str().to_uppercase().as_bytes()),
+                "{name}"
+            );
         }
         for name in ["host", "accept", "content-length", "x-forwarded-for", "tee"] {
-            assert!(!may_be_hop_by_hop(name), "{name}");
+            assert!(!is_hop_by_hop(name.as_bytes()), "{name}");
         }
+    }
+
+    /// A response's fields as the upstream client receives them.
+    fn received(pairs: &[(&str, &str)]) -> Fields {
+        let mut head = String::from("HTTP/1.1 200 OK\r\n");
+        for (name, value) in pairs {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut buf = bytes::BytesMut::from(head.as_bytes());
+        crate::http1::codec::parse_response_head(&mut buf)
+            .unwrap()
+            .unwrap()
+            .fields
+    }
+
+    fn names(fields: &Fields) -> Vec<String> {
+        let names = fields
+            .iter()
+            .map(|(n, _)| String::from_utf8_lossy(n).into_owned());
+        names.collect()
     }
 
     #[test]
     fn strips_every_connection_line_and_fixed_set() {
-        let mut headers = map(&[
+        let mut headers = received(&[
             ("connection", "close, X-Secret"),
             ("connection", "x-other"),
             ("x-secret", "1"),
@@ -264,23 +317,33 @@ mod tests {
             ("trailer", "x-t"),
             ("transfer-encoding", "chunked"),
             ("upgrade", "websocket"),
-            ("x-kept", "1"),
+            ("X-Kept", "1"),
+            ("Keep-Alive", "timeout=5"),
         ]);
         strip_hop_by_hop(&mut headers);
-        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names(&headers), ["X-Kept"]);
+
+        let mut request = map(&[
+            ("connection", "close, X-Secret"),
+            ("x-secret", "1"),
+            ("x-ficus-shadow", "1"),
+            ("upgrade", "websocket"),
+            ("x-kept", "1"),
+        ]);
+        strip_request(&mut request);
+        let names: Vec<&str> = request.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
     }
 
     #[test]
     fn connection_cannot_remove_forwarding_headers() {
-        let mut headers = map(&[
+        let mut headers = received(&[
             ("connection", "x-forwarded-for, host"),
             ("x-forwarded-for", "1.2.3.4"),
             ("host", "a"),
         ]);
         strip_hop_by_hop(&mut headers);
-        assert!(headers.contains_key("x-forwarded-for"));
-        assert!(headers.contains_key("host"));
+        assert_eq!(names(&headers), ["x-forwarded-for", "host"]);
     }
 
     fn written(forwarding: &Forwarding) -> Vec<(String, String)> {

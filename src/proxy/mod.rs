@@ -19,9 +19,10 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, StatusCode, Version};
 use tokio::time::Sleep;
 
+use crate::message::Reply;
 use crate::metrics::{BackendMetrics, Metrics, NO_UPSTREAM, UpstreamErrorKind};
 use crate::routing::path;
 use crate::server::body::ClientBody;
@@ -151,7 +152,7 @@ pub async fn handle(
     state: &ProxyState,
     request: Request<ClientBody>,
     peer: &Peer,
-) -> Response<ResponseBody> {
+) -> Reply<ResponseBody> {
     let start = Instant::now();
     // One load per request: the whole request is served by this generation.
     let snapshot = state.snapshot.load_full();
@@ -214,13 +215,13 @@ pub async fn handle(
                 }
                 _ => {}
             }
-            error.to_response(&request_id).map(ResponseBody::full)
+            error.to_reply(&request_id).map(ResponseBody::full)
         }
     };
     response
-        .headers_mut()
-        .insert(&X_REQUEST_ID, request_id.clone());
-    let status = response.status();
+        .fields
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    let status = response.status;
     metrics.record(status, elapsed.as_secs_f64());
     tracing::info!(
         target: "ficus::access",
@@ -344,7 +345,7 @@ async fn exchange(
     request: Request<RequestBody>,
     forwarding: &Forwarding,
     peer: &Peer,
-) -> Result<Response<UpstreamBody>, ProxyError> {
+) -> Result<Reply<UpstreamBody>, ProxyError> {
     let upstream = &decision.backend.upstream;
     let (fields, n) = forwarding.fields();
     let at = tokio::time::Instant::now() + decision.timeout;
@@ -365,14 +366,14 @@ async fn exchange(
             });
         }
     };
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+    if response.status == StatusCode::SWITCHING_PROTOCOLS {
         // ficus strips Upgrade, so a 101 was never asked for: never open a tunnel on it.
         return Err(ProxyError::Upstream {
             kind: UpstreamErrorKind::Protocol,
             cause: "unsolicited 101 Switching Protocols".into(),
         });
     }
-    headers::strip_hop_by_hop(response.headers_mut());
+    headers::strip_hop_by_hop(&mut response.fields);
     Ok(response)
 }
 

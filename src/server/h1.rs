@@ -36,8 +36,7 @@ use http::header::{
     CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, DATE, EXPECT, HeaderName, HeaderValue,
     TRANSFER_ENCODING,
 };
-use http::{Method, Request, Response, StatusCode, Version};
-use hyper::ext::ReasonPhrase;
+use http::{Method, Request, StatusCode, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -49,6 +48,7 @@ use super::io::{after, only_empty_lines};
 use super::{ConnError, StopWatch};
 use crate::http1::codec::{self, RequestBodyLength, RequestHead, RequestHeadError};
 use crate::http1::wire::{BodyWriter, Framing, WriteError, WriteQueue};
+use crate::message::{Fields, Reply};
 use crate::metrics::ConnectionGauge;
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::proxy::{self, Peer, ResponseBody, SharedState};
@@ -432,7 +432,7 @@ impl Conn<'_> {
         request: Request<ClientBody>,
         expect: Option<Arc<Continue>>,
         stop: &mut StopWatch<'_>,
-    ) -> Option<Response<ResponseBody>> {
+    ) -> Option<Reply<ResponseBody>> {
         // Boxed: a connection's task would otherwise keep room for the handler's
         // state (about 3 KiB) while it idles.
         let mut handler = Box::pin(proxy::handle(state, request, peer));
@@ -478,28 +478,28 @@ impl Conn<'_> {
     /// Writes `response`; whether the connection can carry another request after it.
     async fn respond(
         &mut self,
-        response: Response<ResponseBody>,
+        response: Reply<ResponseBody>,
         head_request: bool,
         client: Version,
         mut keep_alive: bool,
     ) -> Result<bool, ConnError> {
         // A `100 Continue` still queued goes first.
         poll_fn(|cx| self.queue.poll_flush(&mut self.write, cx)).await?;
-        let (mut parts, body) = response.into_parts();
+        let Reply {
+            status,
+            reason,
+            mut fields,
+            body,
+        } = response;
         let exact = http_body::Body::size_hint(&body).exact();
-        let (framing, announce) = codec::response_body_framing(
-            head_request,
-            parts.status,
-            &mut parts.headers,
-            exact,
-            client,
-        );
+        let (framing, announce) =
+            codec::response_body_framing(head_request, status, &mut fields, exact, client);
         keep_alive &= framing != Framing::Close;
         let date = http_date();
         let mut digits = [0u8; 20];
         let mut extra: [(&HeaderName, &[u8]); 3] = [(&DATE, b""); 3];
         let mut n = 0;
-        if !parts.headers.contains_key(DATE) {
+        if !fields.contains(DATE.as_str()) {
             extra[n] = (&DATE, &date);
             n += 1;
         }
@@ -517,11 +517,10 @@ impl Conn<'_> {
             extra[n] = (&CONNECTION, b"keep-alive");
             n += 1;
         }
-        let reason = parts.extensions.get::<ReasonPhrase>();
         codec::encode_response_head(
-            parts.status,
-            reason.map(|r| r.as_bytes()),
-            &parts.headers,
+            status,
+            reason.as_deref(),
+            &fields,
             &extra[..n],
             self.queue.head(),
         );
@@ -586,7 +585,7 @@ impl Conn<'_> {
             // It broke before its first byte: nothing has gone out, so the client can
             // still get a plain 502 (the upstream error was counted with the body).
             self.queue.discard();
-            let request_id = parts.headers.get(&X_REQUEST_ID).map(|id| id.as_bytes());
+            let request_id = fields.get(X_REQUEST_ID.as_str());
             self.answer_alone(StatusCode::BAD_GATEWAY, request_id).await;
             return Ok(false);
         }
@@ -640,7 +639,7 @@ impl Conn<'_> {
             None => 4,
         };
         let out = self.queue.head();
-        codec::encode_response_head(status, None, &http::HeaderMap::new(), &extra[..n], out);
+        codec::encode_response_head(status, None, &Fields::new(), &extra[..n], out);
         out.extend_from_slice(&body);
         poll_fn(|cx| self.queue.poll_flush(&mut self.write, cx))
             .await

@@ -218,7 +218,7 @@ impl Service<Request<Incoming>> for ConnService {
         Box::pin(async move {
             let request = request.map(ClientBody::Http2);
             let response = proxy::handle(&state, request, &client).await;
-            Ok(response.map(|body| body.with_guard(guard)))
+            Ok(response.map(|body| body.with_guard(guard)).into_response())
         })
     }
 }

@@ -24,13 +24,14 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, HeaderValue};
 use http::request::Parts;
-use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, Method, Request, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{Route, ShadowSpec};
+use crate::message::{Fields, Reply};
 use crate::metrics::{ShadowMetrics, ShadowOutcome};
 use crate::proxy::headers::Forwarding;
 use crate::tee::{Lost, Tee, TeeBody, TeeReceiver};
@@ -239,17 +240,18 @@ pub struct Mirror {
 #[derive(Debug)]
 struct PrimaryHead {
     status: StatusCode,
-    headers: HeaderMap,
+    /// Turned into a map by the shadow's task, off the primary's path.
+    fields: Fields,
     latency: Duration,
 }
 
 impl Mirror {
     /// The primary answered with `response` after `latency`: passes its head on and
     /// returns the tee that copies its body as it streams to the client.
-    pub fn answered(self, response: &Response<UpstreamBody>, latency: Duration) -> Tee {
+    pub fn answered(self, response: &Reply<UpstreamBody>, latency: Duration) -> Tee {
         let _ = self.head.send(PrimaryHead {
-            status: response.status(),
-            headers: response.headers().clone(),
+            status: response.status,
+            fields: response.fields.clone(),
             latency,
         });
         self.body
@@ -407,7 +409,7 @@ impl Shadow {
             };
             Ok(Answer {
                 status: head.status,
-                headers: head.headers,
+                headers: head.fields.to_map(),
                 body,
                 latency: head.latency,
             })
@@ -553,7 +555,7 @@ impl Shadow {
                 Ended(ShadowOutcome::Error, why)
             })?;
             let latency = started.elapsed();
-            let (parts, mut incoming) = response.into_parts();
+            let mut incoming = response.body;
             let mut body = BytesMut::new();
             while let Some(frame) = incoming.frame().await {
                 let frame = frame.map_err(|_| Ended(ShadowOutcome::Error, "shadow body failed"))?;
@@ -565,8 +567,8 @@ impl Shadow {
                 }
             }
             Ok(Answer {
-                status: parts.status,
-                headers: parts.headers,
+                status: response.status,
+                headers: response.fields.to_map(),
                 body: body.freeze(),
                 latency,
             })

@@ -14,14 +14,14 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Method, Response, StatusCode};
+use http::{Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use hyper::ext::ReasonPhrase;
 use tokio::net::TcpStream;
 
 use super::{EndpointPool, RequestBody, SendError};
 use crate::http1::codec::{self, Chunked, Decoded, Field, ResponseFraming, ResponseHead};
 use crate::http1::wire::{self, BodyWriter, FIRST_READ, Framing, WriteError, WriteQueue};
+use crate::message::Reply;
 
 /// How long an upload the upstream answered early may go on after the answer. The
 /// client is still sending it; cutting it would reset the client's connection before
@@ -393,16 +393,14 @@ fn finish_upload(mut conn: Box<Connection>, mut writer: Box<RequestWriter>) {
     }
 }
 
-/// Builds the response the proxy relays. It carries ficus's own HTTP version, not the
-/// upstream's (RFC 9110 §2.5): an HTTP/1.0 upstream must not turn the client's
-/// keep-alive connection into one that closes after each answer.
-pub(super) fn response(head: ResponseHead, body: UpstreamBody) -> Response<UpstreamBody> {
-    let mut response = Response::new(body);
-    *response.status_mut() = head.status;
-    *response.headers_mut() = head.headers;
-    if let Some(reason) = head.reason.and_then(|r| ReasonPhrase::try_from(r).ok()) {
-        // hyper's server writes it in place of the usual phrase.
-        response.extensions_mut().insert(reason);
+/// Builds the reply the proxy relays. It carries no HTTP version: ficus answers in its
+/// own (RFC 9110 §2.5), so an HTTP/1.0 upstream must not turn the client's keep-alive
+/// connection into one that closes after each answer.
+pub(super) fn response(head: ResponseHead, body: UpstreamBody) -> Reply<UpstreamBody> {
+    Reply {
+        status: head.status,
+        reason: head.reason,
+        fields: head.fields,
+        body,
     }
-    response
 }

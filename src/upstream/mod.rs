@@ -33,12 +33,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Method, Request, Response};
+use http::{Method, Request};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::config::{Endpoint, UpstreamSpec};
 use crate::http1::codec;
 use crate::http1::wire::Framing;
+use crate::message::Reply;
 use crate::server::body::{BodyError, ClientBody};
 use crate::tee::TeeBody;
 pub use codec::Field;
@@ -183,7 +184,7 @@ impl Upstream {
         &self,
         request: Request<RequestBody>,
         fields: &[Field<'_>],
-    ) -> Result<Response<UpstreamBody>, SendError> {
+    ) -> Result<Reply<UpstreamBody>, SendError> {
         let pool = self.pool();
         let (mut parts, body) = request.into_parts();
         if !parts.headers.contains_key(HOST) {

@@ -1,0 +1,116 @@
+use bytes::BytesMut;
+use http::header::{CACHE_CONTROL, HeaderMap, HeaderName, HeaderValue};
+
+use super::*;
+use crate::http1::codec::parse_response_head;
+
+/// The fields of a response head as the upstream client receives them.
+fn received(head: &str) -> Fields {
+    let mut buf = BytesMut::from(head.as_bytes());
+    parse_response_head(&mut buf)
+        .expect("valid head")
+        .expect("complete head")
+        .fields
+}
+
+fn written(fields: &Fields) -> String {
+    let mut out = Vec::new();
+    fields.write_to(&mut out);
+    String::from_utf8(out).expect("ASCII fields")
+}
+
+#[test]
+fn lookups_ignore_case_and_keep_order() {
+    let fields =
+        received("HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Type: text/plain\r\nx-a: 2\r\n\r\n");
+    assert_eq!(fields.len(), 3);
+    assert_eq!(fields.get("content-type"), Some(&b"text/plain"[..]));
+    assert_eq!(fields.get_all("x-a").collect::<Vec<_>>(), [b"1", b"2"]);
+    assert!(fields.contains("x-a"));
+    assert!(!fields.contains("x-b"));
+    assert!(!fields.contains("x-"), "a prefix of a name is not the name");
+    assert_eq!(fields.value("x-a"), Some(HeaderValue::from_static("1")));
+}
+
+#[test]
+fn untouched_lines_are_written_as_they_came() {
+    let head =
+        "HTTP/1.1 200 OK\r\nServer: legacy\r\nContent-Type:text/plain\r\nX-Trace:  a b\r\n\r\n";
+    let fields = received(head);
+    assert_eq!(
+        written(&fields),
+        "Server: legacy\r\nContent-Type:text/plain\r\nX-Trace:  a b\r\n"
+    );
+}
+
+#[test]
+fn removed_lines_break_the_run_and_added_ones_follow() {
+    let mut fields = received("HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\nb: 4\r\nD: 5\r\n\r\n");
+    fields.remove("b");
+    fields.append(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    assert_eq!(
+        written(&fields),
+        "A: 1\r\nC: 3\r\nD: 5\r\ncache-control: no-store\r\n"
+    );
+    fields.insert(
+        HeaderName::from_static("c"),
+        HeaderValue::from_static("new"),
+    );
+    assert_eq!(
+        written(&fields),
+        "A: 1\r\nD: 5\r\ncache-control: no-store\r\nc: new\r\n"
+    );
+}
+
+#[test]
+fn bare_line_feeds_and_trailing_spaces_are_not_copied() {
+    // httparse accepts LF alone and drops trailing whitespace from values; what is
+    // written always ends each line with CRLF, right after the value.
+    let fields = received("HTTP/1.1 200 OK\nA: 1\nB: 2  \r\nC: 3\r\n\r\n");
+    assert_eq!(fields.get("b"), Some(&b"2"[..]));
+    assert_eq!(written(&fields), "A: 1\r\nB: 2\r\nC: 3\r\n");
+}
+
+#[test]
+fn converts_to_and_from_a_header_map() {
+    let mut fields =
+        received("HTTP/1.1 200 OK\r\nX-A: 1\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n\r\n");
+    fields.append(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let map = fields.to_map();
+    assert_eq!(map.len(), 4);
+    assert_eq!(map["x-a"], "1");
+    let cookies: Vec<_> = map.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    assert_eq!(map["cache-control"], "no-store");
+
+    let mut original = HeaderMap::new();
+    original.append("x-b", HeaderValue::from_static("1"));
+    original.append("x-b", HeaderValue::from_static("2"));
+    let fields = Fields::from_map(&original);
+    assert_eq!(written(&fields), "x-b: 1\r\nx-b: 2\r\n");
+    assert_eq!(fields.to_map(), original);
+}
+
+#[test]
+fn remove_where_sees_every_field() {
+    let mut fields = received("HTTP/1.1 200 OK\r\nKeep: 1\r\nDrop-Me: 2\r\n\r\n");
+    fields.append(
+        HeaderName::from_static("drop-too"),
+        HeaderValue::from_static("3"),
+    );
+    fields.remove_where(|name| name.to_ascii_lowercase().starts_with(b"drop"));
+    assert_eq!(written(&fields), "Keep: 1\r\n");
+    assert!(fields.any_name(|name| name == b"Keep"));
+}
+
+#[test]
+fn a_reply_becomes_a_response_with_its_fields() {
+    let mut reply = Reply::new(StatusCode::CREATED, "body");
+    reply
+        .fields
+        .append(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let response = reply.map(str::len).into_response();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    assert_eq!(*response.body(), 4);
+}
