@@ -6,14 +6,15 @@
 
 use std::fmt::Write;
 
-use http::{HeaderMap, Method};
+use http::Method;
 
 use crate::config::{ShadowSpec, Table, Target};
+use crate::message::Fields;
 use crate::routing::path;
 use crate::routing::split::bucket;
 
 /// A human-readable explanation of how `table` routes one request.
-pub fn explain(table: &Table, method: &Method, raw_path: &str, headers: &HeaderMap) -> String {
+pub fn explain(table: &Table, method: &Method, raw_path: &str, headers: &Fields) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail; the results are ignored for that reason.
     let _ = writeln!(out, "request:   {method} {raw_path}");

@@ -123,7 +123,11 @@ fn explain(config: &std::path::Path, method: &str, path: &str, headers: &[String
             }
         }
     }
-    print!("{}", ficus::explain::explain(&table, &method, path, &map));
+    let fields = ficus::message::Fields::from_map(map);
+    print!(
+        "{}",
+        ficus::explain::explain(&table, &method, path, &fields)
+    );
     ExitCode::SUCCESS
 }
 

@@ -11,9 +11,61 @@
 //! Lookups compare names case-insensitively; names keep the case the sender used.
 //! Fields ficus adds go in a second list, written after the received lines.
 
-use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Response, StatusCode};
+use bytes::{Bytes, BytesMut};
+use http::header::{COOKIE, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+
+/// A request's head as ficus carries it.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// The method.
+    pub method: Method,
+    /// The target: as the client sent it, origin-form once rewritten for the upstream.
+    pub uri: Uri,
+    /// The version the client spoke.
+    pub version: Version,
+    /// The header fields.
+    pub fields: Fields,
+}
+
+/// A request: its head and its body.
+#[derive(Debug)]
+pub struct Call<B> {
+    /// The head.
+    pub head: Head,
+    /// The body.
+    pub body: B,
+}
+
+impl<B> Call<B> {
+    /// An HTTP/2 request (from hyper's server). Its cookie fields, one per cookie in
+    /// HTTP/2, are joined into one, as HTTP/1.1 upstreams expect (RFC 9113 §8.2.3).
+    pub fn from_http2(request: Request<B>) -> Self {
+        let (parts, body) = request.into_parts();
+        let mut headers = parts.headers;
+        let mut cookies = headers.get_all(COOKIE).iter();
+        if let (Some(first), Some(_)) = (cookies.next(), cookies.next()) {
+            let mut joined = BytesMut::from(first.as_bytes());
+            for cookie in headers.get_all(COOKIE).iter().skip(1) {
+                joined.extend_from_slice(b"; ");
+                joined.extend_from_slice(cookie.as_bytes());
+            }
+            // Joined valid values with "; " make a valid value.
+            if let Ok(value) = HeaderValue::from_maybe_shared(joined.freeze()) {
+                headers.insert(COOKIE, value);
+            }
+        }
+        Call {
+            head: Head {
+                method: parts.method,
+                uri: parts.uri,
+                version: parts.version,
+                fields: Fields::from_map(headers),
+            },
+            body,
+        }
+    }
+}
 
 /// A response on its way to the client: the upstream's, or ficus's own.
 #[derive(Debug)]
@@ -67,6 +119,11 @@ pub(crate) struct Span {
 }
 
 impl Span {
+    /// Whether this line's name is `lower` (a lower-case name), in any case.
+    fn is(&self, bytes: &[u8], lower: &str) -> bool {
+        (self.name.1 - self.name.0) as usize == lower.len() && is_named(self.name(bytes), lower)
+    }
+
     fn name<'b>(&self, bytes: &'b [u8]) -> &'b [u8] {
         &bytes[self.name.0 as usize..self.name.1 as usize]
     }
@@ -107,9 +164,18 @@ impl Fields {
     }
 
     /// The fields of `map`, in its order.
-    pub fn from_map(map: &HeaderMap) -> Self {
+    pub fn from_map(map: HeaderMap) -> Self {
         let mut added = Vec::with_capacity(map.len());
-        added.extend(map.iter().map(|(n, v)| (n.clone(), v.clone())));
+        // A map yields each name once, before the first of its values.
+        let mut name = None;
+        for (next, value) in map {
+            if next.is_some() {
+                name = next;
+            }
+            if let Some(name) = &name {
+                added.push((name.clone(), value));
+            }
+        }
         Fields {
             added,
             ..Self::default()
@@ -143,46 +209,64 @@ impl Fields {
 
     /// The values of every field named `name` (lower case), in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.iter()
-            .filter(move |(n, _)| same_name(n, name))
-            .map(|(_, v)| v)
+        let head = &self.head[..];
+        let received = self.lines.iter().filter(move |s| s.is(head, name));
+        let added = self.added.iter().filter(move |(n, _)| n.as_str() == name);
+        received
+            .map(move |s| s.value(head))
+            .chain(added.map(|(_, v)| v.as_bytes()))
+    }
+
+    /// The first received line named `name`. Lookups are linear: a head has a few
+    /// fields, and comparing lengths first rules out most of them at once.
+    fn line(&self, name: &str) -> Option<&Span> {
+        let head = &self.head[..];
+        self.lines.iter().find(|s| s.is(head, name))
+    }
+
+    fn added(&self, name: &str) -> Option<&HeaderValue> {
+        let found = self.added.iter().find(|(n, _)| n.as_str() == name);
+        found.map(|(_, v)| v)
     }
 
     /// The value of the first field named `name` (lower case).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.iter()
-            .find(|(n, _)| same_name(n, name))
-            .map(|(_, v)| v)
+        match self.line(name) {
+            Some(span) => Some(span.value(&self.head)),
+            None => self.added(name).map(HeaderValue::as_bytes),
+        }
     }
 
     /// Whether a field named `name` (lower case) is present.
     pub fn contains(&self, name: &str) -> bool {
-        self.get(name).is_some()
+        self.line(name).is_some() || self.added(name).is_some()
     }
 
     /// The first field named `name` as a header value, sharing the head's bytes.
     pub fn value(&self, name: &str) -> Option<HeaderValue> {
-        let head = &self.head;
-        if let Some(span) = self.lines.iter().find(|s| same_name(s.name(head), name)) {
-            let range = span.value.0 as usize..span.value.1 as usize;
-            return HeaderValue::from_maybe_shared(head.slice(range)).ok();
+        match self.line(name) {
+            Some(span) => {
+                let range = span.value.0 as usize..span.value.1 as usize;
+                HeaderValue::from_maybe_shared(self.head.slice(range)).ok()
+            }
+            None => self.added(name).cloned(),
         }
-        self.added
-            .iter()
-            .find(|(n, _)| n.as_str() == name)
-            .map(|(_, v)| v.clone())
     }
 
-    /// Whether any field's name satisfies `test`, given the name in lower case as
-    /// `HeaderName` keeps it, or as received.
+    /// Whether any field's name satisfies `test`, given the name as received (or in
+    /// lower case, as `HeaderName` keeps it, for an added one).
     pub fn any_name(&self, mut test: impl FnMut(&[u8]) -> bool) -> bool {
-        self.iter().any(|(name, _)| test(name))
+        let head = &self.head[..];
+        self.lines.iter().any(|s| test(s.name(head)))
+            || self.added.iter().any(|(n, _)| test(n.as_str().as_bytes()))
     }
 
     /// Removes every field named `name` (lower case).
     pub fn remove(&mut self, name: &str) {
-        let head = &self.head;
-        self.lines.retain(|s| !same_name(s.name(head), name));
+        if self.line(name).is_some() {
+            let head = &self.head[..];
+            self.lines.retain(|s| !s.is(head, name));
+        }
         self.added.retain(|(n, _)| n.as_str() != name);
     }
 
@@ -248,9 +332,17 @@ impl Fields {
     }
 }
 
-/// Whether a received `name` is `lower` (a lower-case name).
-fn same_name(name: &[u8], lower: &str) -> bool {
-    name.len() == lower.len() && name.eq_ignore_ascii_case(lower.as_bytes())
+/// Whether `name`, in any case, is `lower` (a lower-case name). Faster than
+/// `eq_ignore_ascii_case`, which lower-cases both sides of every byte: names arrive
+/// in lower case (hyper, HTTP/2) or with a few capitals (`Content-Length`), and
+/// differing names usually differ at their first byte.
+pub(crate) fn is_named(name: &[u8], lower: &str) -> bool {
+    let lower = lower.as_bytes();
+    name.len() == lower.len()
+        && name
+            .iter()
+            .zip(lower)
+            .all(|(&a, &b)| a == b || a.to_ascii_lowercase() == b)
 }
 
 fn write_run(run: &[u8], out: &mut Vec<u8>) {

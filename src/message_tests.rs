@@ -86,7 +86,7 @@ fn converts_to_and_from_a_header_map() {
     let mut original = HeaderMap::new();
     original.append("x-b", HeaderValue::from_static("1"));
     original.append("x-b", HeaderValue::from_static("2"));
-    let fields = Fields::from_map(&original);
+    let fields = Fields::from_map(original.clone());
     assert_eq!(written(&fields), "x-b: 1\r\nx-b: 2\r\n");
     assert_eq!(fields.to_map(), original);
 }
@@ -113,4 +113,43 @@ fn a_reply_becomes_a_response_with_its_fields() {
     assert_eq!(response.status(), StatusCode::CREATED);
     assert_eq!(response.headers()["cache-control"], "no-store");
     assert_eq!(*response.body(), 4);
+}
+
+#[test]
+fn http2_cookie_fields_are_joined_on_one_line() {
+    let request = http::Request::builder()
+        .uri("http://example.com/a")
+        .header("cookie", "a=1")
+        .header("x-a", "1")
+        .header("cookie", "b=2")
+        .body(())
+        .expect("valid request");
+    let call = Call::from_http2(request);
+    assert_eq!(
+        call.head.fields.get_all("cookie").collect::<Vec<_>>(),
+        [b"a=1; b=2"]
+    );
+    assert_eq!(call.head.fields.get("x-a"), Some(&b"1"[..]));
+    assert_eq!(call.head.uri, "http://example.com/a");
+
+    let single = http::Request::builder()
+        .header("cookie", "a=1")
+        .body(())
+        .expect("valid request");
+    let fields = Call::from_http2(single).head.fields;
+    assert_eq!(fields.get_all("cookie").collect::<Vec<_>>(), [b"a=1"]);
+}
+
+#[test]
+fn names_match_in_any_case_and_nothing_else() {
+    assert!(is_named(b"content-length", "content-length"));
+    assert!(is_named(b"Content-Length", "content-length"));
+    assert!(is_named(b"CONTENT-LENGTH", "content-length"));
+    assert!(!is_named(b"content-lengths", "content-length"));
+    assert!(!is_named(b"content-lengtg", "content-length"));
+    // Bytes one case bit apart that are not letters are different bytes.
+    assert!(!is_named(b"x^", "x~"));
+    assert!(!is_named(b"x\x7f", "x_"));
+    assert!(is_named(b"X_Y", "x_y"));
+    assert!(is_named(b"", ""));
 }

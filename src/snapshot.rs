@@ -10,9 +10,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderMap;
-
 use crate::config::{Table, Target};
+use crate::message::Fields;
 use crate::metrics::{BackendMetrics, Metrics, ShadowMetrics};
 use crate::routing::RouteId;
 use crate::routing::split::Assignment;
@@ -197,7 +196,7 @@ impl Snapshot {
     }
 
     /// Chooses the backend for a request already matched to `route`.
-    pub fn decide(&self, route: Option<RouteId>, headers: &HeaderMap) -> Decision<'_> {
+    pub fn decide(&self, route: Option<RouteId>, fields: &Fields) -> Decision<'_> {
         let Some(id) = route else {
             return Decision {
                 route: DEFAULT_ROUTE,
@@ -213,7 +212,7 @@ impl Snapshot {
         let (side, assignment) = match &spec.target {
             Target::Upstream(_) => (0, None),
             Target::Split { split, .. } => {
-                let (side, assignment) = split.choose(headers);
+                let (side, assignment) = split.choose(fields);
                 (side, Some(assignment))
             }
         };

@@ -1,10 +1,10 @@
-//! HTTP/1.1 heads and bodies: request heads written from
-//! `http::request::Parts`, response heads parsed with httparse, and response
-//! bodies framed per RFC 9112 §6.3. Pure functions over byte buffers; the
-//! connection in [`super::conn`] does the I/O.
+//! HTTP/1.1 heads and bodies as pure functions over byte buffers, both ways: heads
+//! parsed with httparse into [`Fields`] that share the head's bytes, heads written
+//! from them, bodies framed per RFC 9112 §6.3, and the chunked decoder. The server
+//! (`server::h1`) and the upstream connection (`upstream::conn`) do the I/O.
 //!
 //! Upstreams are trusted more than clients but not blindly: every length is
-//! bounded, every header value is validated by `http`, and anything ambiguous
+//! bounded, every header line is validated by httparse, and anything ambiguous
 //! (conflicting lengths, chunked over Content-Length) either fails the exchange
 //! or closes the connection after it, so a confused upstream cannot make ficus
 //! read the next response at the wrong place.
@@ -12,12 +12,11 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, COOKIE, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING};
-use http::request::Parts;
+use http::header::{CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use http::{Method, StatusCode, Uri, Version};
 
 pub use crate::http1::wire::Framing;
-use crate::message::{Fields, Span, write_field};
+use crate::message::{Fields, Head, Span, write_field};
 
 /// Most header lines in a response head (hyper's client allows the same).
 pub const MAX_HEADERS: usize = 100;
@@ -56,16 +55,16 @@ pub enum ProtocolError {
 /// Content-Length and `Transfer-Encoding: chunked`; should both be present,
 /// Content-Length is removed, so the upstream never sees two framings.
 pub fn request_framing(
-    headers: &mut HeaderMap,
+    fields: &mut Fields,
     end_stream: bool,
     exact: Option<u64>,
 ) -> Result<(Framing, Option<(HeaderName, HeaderValue)>), InvalidLength> {
-    if headers.contains_key(TRANSFER_ENCODING) {
-        headers.remove(CONTENT_LENGTH);
+    if fields.contains(TRANSFER_ENCODING.as_str()) {
+        fields.remove(CONTENT_LENGTH.as_str());
         return Ok((Framing::Chunked, None));
     }
-    if let Some(value) = headers.get(CONTENT_LENGTH) {
-        let length = parse_length(value).ok_or(InvalidLength)?;
+    if let Some(value) = fields.get(CONTENT_LENGTH.as_str()) {
+        let length = parse_digits(value).ok_or(InvalidLength)?;
         return Ok((Framing::Length(length), None));
     }
     Ok(match (end_stream, exact) {
@@ -91,44 +90,20 @@ pub type Field<'a> = (&'a HeaderName, &'a HeaderValue);
 /// Writes the request line and headers (origin-form target, HTTP/1.1) to `out`: the
 /// request's own, then the framing header ficus adds, then `fields`.
 pub fn encode_request_head(
-    parts: &Parts,
+    head: &Head,
     framing: Option<&(HeaderName, HeaderValue)>,
     fields: &[Field<'_>],
     out: &mut Vec<u8>,
 ) {
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut cookies_written = false;
+    head.fields.write_to(out);
     let framing = framing.map(|(name, value)| (name, value));
-    for (name, value) in parts
-        .headers
-        .iter()
-        .chain(framing)
-        .chain(fields.iter().copied())
-    {
-        if name == COOKIE {
-            // HTTP/2 clients send each cookie as a field of its own; HTTP/1.1 wants
-            // them on one line (RFC 9113 §8.2.3).
-            if !cookies_written {
-                cookies_written = true;
-                out.extend_from_slice(b"cookie: ");
-                for (i, cookie) in parts.headers.get_all(COOKIE).iter().enumerate() {
-                    if i > 0 {
-                        out.extend_from_slice(b"; ");
-                    }
-                    out.extend_from_slice(cookie.as_bytes());
-                }
-                out.extend_from_slice(b"\r\n");
-            }
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    for (name, value) in framing.into_iter().chain(fields.iter().copied()) {
+        write_field(name.as_str().as_bytes(), value.as_bytes(), out);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -299,23 +274,6 @@ fn record_spans(base: usize, headers: &[httparse::Header<'_>], spans: &mut [Span
     }
 }
 
-/// The header fields at `spans` of `head`; values share its bytes.
-fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, &'static str> {
-    // Room for the one field ficus adds without growing the map (a reallocation and a
-    // rehash): `x-request-id` on a response, `host` on a request that has none.
-    let mut headers = HeaderMap::with_capacity(spans.len() + 1);
-    for span in spans {
-        let name = HeaderName::from_bytes(&head[span.name.0 as usize..span.name.1 as usize])
-            .map_err(|_| "header name")?;
-        let value = HeaderValue::from_maybe_shared(
-            head.slice(span.value.0 as usize..span.value.1 as usize),
-        )
-        .map_err(|_| "header value")?;
-        headers.append(name, value);
-    }
-    Ok(headers)
-}
-
 /// A client's request head that ficus will not serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RequestHeadError {
@@ -334,11 +292,8 @@ pub enum RequestHeadError {
 /// A parsed request head.
 #[derive(Debug)]
 pub struct RequestHead {
-    pub method: Method,
-    pub uri: Uri,
-    /// HTTP/1.0 or HTTP/1.1.
-    pub version: Version,
-    pub headers: HeaderMap,
+    /// Method, target, version (HTTP/1.0 or HTTP/1.1) and fields.
+    pub head: Head,
     /// How its body is delimited.
     pub body: RequestBodyLength,
     /// Whether the client lets the connection carry another request after this one.
@@ -350,7 +305,7 @@ pub struct RequestHead {
 }
 
 /// What framing needs from a message's header lines, gathered as httparse returns
-/// them rather than looked up in the header map afterwards.
+/// them rather than looked up in the fields afterwards.
 #[derive(Debug, Default)]
 struct Facts {
     length: Option<u64>,
@@ -499,12 +454,14 @@ pub fn parse_request_head(
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|_| RequestHeadError::Malformed("target"))?;
-    let headers = header_map(&head, &spans[..count]).map_err(RequestHeadError::Malformed)?;
+    let fields = Fields::received(head, spans[..count].to_vec());
     Ok(Some(RequestHead {
-        method,
-        uri,
-        version,
-        headers,
+        head: Head {
+            method,
+            uri,
+            version,
+            fields,
+        },
         body,
         keep_alive: facts.keeps_alive(version),
         expect_continue: facts.expect_continue,
@@ -593,10 +550,6 @@ pub enum RequestBodyLength {
 }
 
 /// A Content-Length value: one run of ASCII digits that fits in u64.
-fn parse_length(value: &HeaderValue) -> Option<u64> {
-    parse_digits(value.as_bytes())
-}
-
 fn parse_digits(bytes: &[u8]) -> Option<u64> {
     if bytes.is_empty() || bytes.len() > 19 {
         return None;

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::message::Fields;
+use crate::message::{Fields, is_named};
 
 /// `X-Request-Id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -40,7 +40,7 @@ static HOP_BY_HOP: [HeaderName; 10] = [
 /// every other name at once, which comparing it with each of the ten did not (about
 /// 300 instructions per request).
 fn is_hop_by_hop(name: &[u8]) -> bool {
-    let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+    let is = |known: &str| is_named(name, known);
     let hit = match name.len() {
         2 => is("te"),
         7 => is("trailer") || is("upgrade"),
@@ -61,6 +61,20 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
     hit
 }
 
+/// Whether `name` (in any case) is one of the fields ficus sets on every request it
+/// forwards: the `X-Forwarded-*` ones and `X-Request-Id`. Told apart by length first,
+/// like [`is_hop_by_hop`].
+fn is_forwarding(name: &[u8]) -> bool {
+    let is = |known: &HeaderName| is_named(name, known.as_str());
+    match name.len() {
+        12 => is(&X_REQUEST_ID),
+        15 => is(&X_FORWARDED_FOR),
+        16 => is(&X_FORWARDED_HOST),
+        17 => is(&X_FORWARDED_PROTO),
+        _ => false,
+    }
+}
+
 /// Names a forwarding proxy must never let `Connection` remove: ficus sets them itself.
 fn is_protected(name: &HeaderName) -> bool {
     name == X_FORWARDED_FOR
@@ -73,16 +87,32 @@ fn is_protected(name: &HeaderName) -> bool {
 /// Removes a response's hop-by-hop fields: every name listed in any `Connection` line,
 /// then the fixed set.
 pub fn strip_hop_by_hop(fields: &mut Fields) {
-    // Most responses carry none: one pass over the names finds that out.
-    if !fields.any_name(is_hop_by_hop) {
+    strip(fields, false);
+}
+
+/// Removes from a client's request the hop-by-hop fields and those only ficus may set
+/// ([`X_FICUS_SHADOW`]).
+pub fn strip_request(fields: &mut Fields) {
+    strip(fields, true);
+}
+
+/// Removes hop-by-hop fields from trailers (connection-specific ones may not appear
+/// there, RFC 9110 §6.5.1). Trailers are rare: they take a detour through [`Fields`].
+pub fn strip_trailers(trailers: &mut HeaderMap) {
+    let mut fields = Fields::from_map(std::mem::take(trailers));
+    strip(&mut fields, false);
+    *trailers = fields.to_map();
+}
+
+fn strip(fields: &mut Fields, request: bool) {
+    let shadow = |name: &[u8]| request && is_named(name, X_FICUS_SHADOW.as_str());
+    // Most messages carry none: one pass over the names finds that out.
+    if !fields.any_name(|name| is_hop_by_hop(name) || shadow(name)) {
         return;
     }
     let listed = connection_listed(fields.get_all(header::CONNECTION.as_str()));
     fields.remove_where(|name| {
-        is_hop_by_hop(name)
-            || listed
-                .iter()
-                .any(|l| name.eq_ignore_ascii_case(l.as_str().as_bytes()))
+        is_hop_by_hop(name) || shadow(name) || listed.iter().any(|l| is_named(name, l.as_str()))
     });
 }
 
@@ -93,43 +123,6 @@ fn connection_listed<'v>(values: impl Iterator<Item = &'v [u8]>) -> Vec<HeaderNa
         .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
         .filter(|name| !is_protected(name))
         .collect()
-}
-
-/// Removes hop-by-hop fields from trailers (connection-specific ones may not appear
-/// there, RFC 9110 §6.5.1).
-pub fn strip_trailers(headers: &mut HeaderMap) {
-    strip(headers, false);
-}
-
-/// Removes from a client's request the hop-by-hop headers and the headers only ficus may
-/// set ([`X_FICUS_SHADOW`]).
-pub fn strip_request(headers: &mut HeaderMap) {
-    strip(headers, true);
-}
-
-fn strip(headers: &mut HeaderMap, request: bool) {
-    // Most messages carry none of these: one pass over the names present is far
-    // cheaper than a hash lookup per name (this runs twice per request).
-    if !headers
-        .keys()
-        .any(|name| is_hop_by_hop(name.as_str().as_bytes()) || (request && *name == X_FICUS_SHADOW))
-    {
-        return;
-    }
-    if request {
-        headers.remove(&X_FICUS_SHADOW);
-    }
-    if headers.contains_key(header::CONNECTION) {
-        // Collect first: the names borrow the map we are about to change.
-        let values = headers.get_all(header::CONNECTION).iter();
-        let listed = connection_listed(values.map(|v| v.as_bytes()));
-        for name in listed {
-            headers.remove(name);
-        }
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
 }
 
 /// The forwarding headers of a request bound upstream: the client's
@@ -149,28 +142,22 @@ pub struct Forwarding {
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 
 impl Forwarding {
-    /// Takes the client's own forwarding headers and request id out of `headers` (its
+    /// Takes the client's own forwarding fields and request id out of `fields` (its
     /// `X-Forwarded-For` lines are kept, folded into one with `peer_value` appended, as
     /// RFC 9110 §5.3 allows).
     pub fn take(
-        headers: &mut HeaderMap,
+        fields: &mut Fields,
         peer_value: &HeaderValue,
         host: Option<HeaderValue>,
         request_id: HeaderValue,
     ) -> Self {
         let mut forwarded_for = peer_value.clone();
-        // Most requests carry none of these: one pass over the names present is far
-        // cheaper than four hash lookups.
-        if headers.keys().any(|name| {
-            name == X_FORWARDED_FOR
-                || name == X_FORWARDED_PROTO
-                || name == X_FORWARDED_HOST
-                || name == X_REQUEST_ID
-        }) {
-            if headers.contains_key(&X_FORWARDED_FOR) {
+        // Most requests carry none of these: one pass over the names finds that out.
+        if fields.any_name(is_forwarding) {
+            if fields.contains(X_FORWARDED_FOR.as_str()) {
                 let mut joined: Vec<u8> = Vec::with_capacity(64);
-                for line in headers.get_all(&X_FORWARDED_FOR) {
-                    joined.extend_from_slice(line.as_bytes());
+                for line in fields.get_all(X_FORWARDED_FOR.as_str()) {
+                    joined.extend_from_slice(line);
                     joined.extend_from_slice(b", ");
                 }
                 joined.extend_from_slice(peer_value.as_bytes());
@@ -178,14 +165,7 @@ impl Forwarding {
                     forwarded_for = value;
                 }
             }
-            for name in [
-                &X_FORWARDED_FOR,
-                &X_FORWARDED_PROTO,
-                &X_FORWARDED_HOST,
-                &X_REQUEST_ID,
-            ] {
-                headers.remove(name);
-            }
+            fields.remove_where(is_forwarding);
         }
         Forwarding {
             forwarded_for,
@@ -205,11 +185,11 @@ impl Forwarding {
         (fields, if self.host.is_some() { 4 } else { 3 })
     }
 
-    /// Sets the fields in `headers`, for a copy of the request (a shadow's).
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        let (fields, n) = self.fields();
-        for (name, value) in &fields[..n] {
-            headers.insert(*name, (*value).clone());
+    /// Adds the fields to `fields`, for a copy of the request (a shadow's).
+    pub fn apply(&self, fields: &mut Fields) {
+        let (forwarding, n) = self.fields();
+        for (name, value) in &forwarding[..n] {
+            fields.append((*name).clone(), (*value).clone());
         }
     }
 }
@@ -236,8 +216,8 @@ pub fn is_valid_host(value: &[u8]) -> bool {
 }
 
 /// A request id the client sent, if it is reasonable to pass on: short and printable.
-pub fn usable_request_id(headers: &HeaderMap) -> Option<&HeaderValue> {
-    headers.get(&X_REQUEST_ID).filter(|v| {
+pub fn usable_request_id(fields: &Fields) -> Option<HeaderValue> {
+    fields.value(X_REQUEST_ID.as_str()).filter(|v| {
         !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
     })
 }
@@ -258,15 +238,19 @@ pub fn new_request_id() -> HeaderValue {
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (k, v) in pairs {
-            headers.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+    /// A request's fields as the server receives them.
+    fn map(pairs: &[(&str, &str)]) -> Fields {
+        let mut head = String::from("GET / HTTP/1.1\r\n");
+        for (name, value) in pairs {
+            head.push_str(&format!("{name}: {value}\r\n"));
         }
-        headers
+        head.push_str("\r\n");
+        let mut buf = bytes::BytesMut::from(head.as_bytes());
+        crate::http1::codec::parse_request_head(&mut buf, 64 * 1024)
+            .unwrap()
+            .unwrap()
+            .head
+            .fields
     }
 
     #[test]
@@ -331,8 +315,7 @@ mod tests {
             ("x-kept", "1"),
         ]);
         strip_request(&mut request);
-        let names: Vec<&str> = request.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["x-kept"]);
+        assert_eq!(names(&request), ["x-kept"]);
     }
 
     #[test]
@@ -359,9 +342,9 @@ mod tests {
         let mut headers = map(&[
             ("x-forwarded-for", "10.0.0.1"),
             ("x-forwarded-for", "10.0.0.2"),
-            ("x-forwarded-proto", "https"),
-            ("x-forwarded-host", "evil.example"),
-            ("x-request-id", "client-id"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-FORWARDED-HOST", "evil.example"),
+            ("X-Request-Id", "client-id"),
             ("x-kept", "k"),
         ]);
         let local = ip_header_value("127.0.0.1".parse().unwrap());
@@ -386,10 +369,13 @@ mod tests {
                 ("x-forwarded-host", "example.com"),
             ])
         );
-        let left: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
-        assert_eq!(left, ["x-kept"], "the client's own are taken out");
+        assert_eq!(
+            names(&headers),
+            ["x-kept"],
+            "the client's own are taken out"
+        );
 
-        let mut fresh = HeaderMap::new();
+        let mut fresh = Fields::new();
         let peer = ip_header_value("::ffff:127.0.0.2".parse().unwrap());
         let forwarding = Forwarding::take(&mut fresh, &peer, None, HeaderValue::from_static("id"));
         assert_eq!(
@@ -401,8 +387,8 @@ mod tests {
             ])
         );
         forwarding.apply(&mut fresh);
-        assert_eq!(fresh["x-forwarded-for"], "127.0.0.2");
-        assert!(!fresh.contains_key("x-forwarded-host"));
+        assert_eq!(fresh.get("x-forwarded-for"), Some(&b"127.0.0.2"[..]));
+        assert!(!fresh.contains("x-forwarded-host"));
     }
 
     #[test]

@@ -19,10 +19,10 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
-use http::{Method, Request, StatusCode, Version};
+use http::{Method, StatusCode, Version};
 use tokio::time::Sleep;
 
-use crate::message::Reply;
+use crate::message::{Call, Head, Reply};
 use crate::metrics::{BackendMetrics, Metrics, NO_UPSTREAM, UpstreamErrorKind};
 use crate::routing::path;
 use crate::server::body::ClientBody;
@@ -150,18 +150,17 @@ struct Routed<'s> {
 /// Serves one request. Never fails: every error becomes a response.
 pub async fn handle(
     state: &ProxyState,
-    request: Request<ClientBody>,
+    request: Call<ClientBody>,
     peer: &Peer,
 ) -> Reply<ResponseBody> {
     let start = Instant::now();
     // One load per request: the whole request is served by this generation.
     let snapshot = state.snapshot.load_full();
-    let request_id = headers::usable_request_id(request.headers())
-        .cloned()
-        .unwrap_or_else(headers::new_request_id);
-    let method = request.method().clone();
+    let request_id =
+        headers::usable_request_id(&request.head.fields).unwrap_or_else(headers::new_request_id);
+    let method = request.head.method.clone();
 
-    let (decision, log_path, result) = match route(&snapshot, &request) {
+    let (decision, log_path, result) = match route(&snapshot, &request.head) {
         Ok(Routed {
             decision,
             target,
@@ -184,7 +183,7 @@ pub async fn handle(
             };
             (Some(decision), Some(log_path), result)
         }
-        Err(e) => (None, request.uri().path_and_query().cloned(), Err(e)),
+        Err(e) => (None, request.head.uri.path_and_query().cloned(), Err(e)),
     };
     let elapsed = start.elapsed();
     let (route, upstream, metrics) = match &decision {
@@ -238,14 +237,11 @@ pub async fn handle(
 }
 
 /// Validates the target and Host, normalizes the path and picks the backend.
-fn route<'s>(
-    snapshot: &'s Snapshot,
-    request: &Request<ClientBody>,
-) -> Result<Routed<'s>, ProxyError> {
-    if request.method() == Method::CONNECT {
+fn route<'s>(snapshot: &'s Snapshot, request: &Head) -> Result<Routed<'s>, ProxyError> {
+    if request.method == Method::CONNECT {
         return Err(ProxyError::BadTarget);
     }
-    let uri = request.uri();
+    let uri = &request.uri;
     // `*` (OPTIONS *) and authority-form targets are not paths: nothing to route.
     if !uri.path().starts_with('/') {
         return Err(ProxyError::BadTarget);
@@ -258,7 +254,7 @@ fn route<'s>(
     }
     let host = client_host(request)?;
     let normalized = path::normalize(uri.path())?;
-    let id = snapshot.table.router.route(request.method(), &normalized);
+    let id = snapshot.table.router.route(&request.method, &normalized);
     let target = match normalized {
         // The common case: the path was canonical, so the parsed target is reused as is.
         Cow::Borrowed(_) => uri
@@ -274,7 +270,7 @@ fn route<'s>(
             PathAndQuery::from_maybe_shared(Bytes::from(text)).map_err(|_| ProxyError::BadTarget)?
         }
     };
-    let decision = snapshot.decide(id, request.headers());
+    let decision = snapshot.decide(id, &request.fields);
     Ok(Routed {
         decision,
         target,
@@ -284,22 +280,22 @@ fn route<'s>(
 
 /// The Host the client meant: the authority for HTTP/2 and absolute-form targets,
 /// else its single, well-formed Host header (RFC 9112 §3.2).
-fn client_host(request: &Request<ClientBody>) -> Result<Option<HeaderValue>, ProxyError> {
-    let mut hosts = request.headers().get_all(HOST).iter();
+fn client_host(request: &Head) -> Result<Option<HeaderValue>, ProxyError> {
+    let mut hosts = request.fields.get_all(HOST.as_str());
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err(ProxyError::BadHost);
     }
-    if let Some(authority) = request.uri().authority() {
+    if let Some(authority) = request.uri.authority() {
         return match HeaderValue::from_str(authority.as_str()) {
             Ok(value) if headers::is_valid_host(value.as_bytes()) => Ok(Some(value)),
             _ => Err(ProxyError::BadHost),
         };
     }
     match host {
-        Some(host) if headers::is_valid_host(host.as_bytes()) => Ok(Some(host.clone())),
+        Some(host) if headers::is_valid_host(host) => Ok(request.fields.value(HOST.as_str())),
         Some(_) => Err(ProxyError::BadHost),
-        None if request.version() == Version::HTTP_11 => Err(ProxyError::BadHost),
+        None if request.version == Version::HTTP_11 => Err(ProxyError::BadHost),
         None => Ok(None),
     }
 }
@@ -307,42 +303,43 @@ fn client_host(request: &Request<ClientBody>) -> Result<Option<HeaderValue>, Pro
 /// Rewrites the client's request for the upstream: origin-form target, HTTP/1.1,
 /// hop-by-hop headers stripped; returns the forwarding headers to send with it.
 fn rewrite(
-    request: Request<ClientBody>,
+    request: Call<ClientBody>,
     peer: &Peer,
     target: PathAndQuery,
     host: Option<HeaderValue>,
     request_id: &HeaderValue,
-) -> (Request<RequestBody>, Forwarding) {
-    let (mut parts, body) = request.into_parts();
+) -> (Call<RequestBody>, Forwarding) {
+    let Call { mut head, body } = request;
     // The upstream client writes the target as given: origin-form.
-    parts.uri = Uri::from(target);
+    head.uri = Uri::from(target);
     // Upstreams are spoken to over HTTP/1.1, whatever the client spoke.
-    parts.version = Version::HTTP_11;
+    head.version = Version::HTTP_11;
     // Transfer-Encoding goes too: the upstream client frames a body of unknown length
     // (chunked, or HTTP/2 DATA without content-length) as chunked itself.
-    headers::strip_request(&mut parts.headers);
+    headers::strip_request(&mut head.fields);
     // Without one (an HTTP/1.0 client), the pool sets the endpoint's authority.
     if let Some(host) = &host
-        && parts.headers.get(HOST) != Some(host)
+        && head.fields.get(HOST.as_str()) != Some(host.as_bytes())
     {
-        parts.headers.insert(HOST, host.clone());
+        head.fields.insert(HOST, host.clone());
     }
     let forwarding = Forwarding::take(
-        &mut parts.headers,
+        &mut head.fields,
         &peer.forwarded_for,
         host,
         request_id.clone(),
     );
-    (
-        Request::from_parts(parts, RequestBody::Stream(body)),
-        forwarding,
-    )
+    let call = Call {
+        head,
+        body: RequestBody::Stream(body),
+    };
+    (call, forwarding)
 }
 
 /// Sends the request to the decision's upstream, within the route's timeout.
 async fn exchange(
     decision: &Decision<'_>,
-    request: Request<RequestBody>,
+    request: Call<RequestBody>,
     forwarding: &Forwarding,
     peer: &Peer,
 ) -> Result<Reply<UpstreamBody>, ProxyError> {

@@ -6,8 +6,9 @@
 //! Sides own consecutive bucket ranges in the order of their names, so for a
 //! two-way split raising one side's weight only moves users towards it.
 
-use http::HeaderMap;
 use http::header::{COOKIE, HeaderName};
+
+use crate::message::Fields;
 
 /// Buckets in the split space: weights are kept in basis points.
 pub const BUCKETS: u32 = 10_000;
@@ -39,13 +40,12 @@ impl StickyKey {
     }
 
     /// The key's value in a request, if present and non-empty.
-    pub fn find<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
+    pub fn find<'h>(&self, fields: &'h Fields) -> Option<&'h [u8]> {
         let value = match self {
-            StickyKey::Header(name) => headers.get(name).map(|v| v.as_bytes()),
-            StickyKey::Cookie(name) => headers
-                .get_all(COOKIE)
-                .iter()
-                .find_map(|line| cookie_value(line.as_bytes(), name.as_bytes())),
+            StickyKey::Header(name) => fields.get(name.as_str()),
+            StickyKey::Cookie(name) => fields
+                .get_all(COOKIE.as_str())
+                .find_map(|line| cookie_value(line, name.as_bytes())),
         };
         value.filter(|v| !v.is_empty())
     }
@@ -132,8 +132,8 @@ impl Split {
     }
 
     /// Chooses a side for a request.
-    pub fn choose(&self, headers: &HeaderMap) -> (usize, Assignment) {
-        let assignment = match self.sticky.as_ref().and_then(|k| k.find(headers)) {
+    pub fn choose(&self, fields: &Fields) -> (usize, Assignment) {
+        let assignment = match self.sticky.as_ref().and_then(|k| k.find(fields)) {
             Some(key) => Assignment::Sticky(bucket(key)),
             None => Assignment::Random(fastrand::u32(..BUCKETS)),
         };
@@ -185,10 +185,11 @@ mod tests {
 
     #[test]
     fn finds_header_and_cookie_keys() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-user-id", HeaderValue::from_static("42"));
-        headers.append(COOKIE, HeaderValue::from_static("a=1; uid=\"abc\""));
-        headers.append(COOKIE, HeaderValue::from_static("session=s1"));
+        let mut map = http::HeaderMap::new();
+        map.insert("x-user-id", HeaderValue::from_static("42"));
+        map.append(COOKIE, HeaderValue::from_static("a=1; uid=\"abc\""));
+        map.append(COOKIE, HeaderValue::from_static("session=s1"));
+        let headers = Fields::from_map(map);
         let header = StickyKey::parse("header:X-User-Id").unwrap();
         assert_eq!(header.find(&headers), Some(&b"42"[..]));
         assert_eq!(

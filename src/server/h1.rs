@@ -36,7 +36,7 @@ use http::header::{
     CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, DATE, EXPECT, HeaderName, HeaderValue,
     TRANSFER_ENCODING,
 };
-use http::{Method, Request, StatusCode, Version};
+use http::{Method, StatusCode, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -48,7 +48,7 @@ use super::io::{after, only_empty_lines};
 use super::{ConnError, StopWatch};
 use crate::http1::codec::{self, RequestBodyLength, RequestHead, RequestHeadError};
 use crate::http1::wire::{BodyWriter, Framing, WriteError, WriteQueue};
-use crate::message::{Fields, Reply};
+use crate::message::{Call, Fields, Reply};
 use crate::metrics::ConnectionGauge;
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::proxy::{self, Peer, ResponseBody, SharedState};
@@ -90,7 +90,7 @@ enum NoHead {
 
 /// A request ready for the handler, and what the connection keeps of it.
 struct Prepared {
-    request: Request<ClientBody>,
+    request: Call<ClientBody>,
     /// Gives the reader back, when the request has a body.
     returned: Option<oneshot::Receiver<Returned>>,
     /// Raised by the body when it is first read, for an `Expect: 100-continue`.
@@ -171,8 +171,8 @@ impl Conn<'_> {
                 Err(NoHead::Io(e)) => return Err(e.into()),
             };
             let mut keep_alive = head.keep_alive;
-            let client = head.version;
-            let head_request = head.method == Method::HEAD;
+            let client = head.head.version;
+            let head_request = head.head.method == Method::HEAD;
             let Prepared {
                 request,
                 mut returned,
@@ -369,10 +369,7 @@ impl Conn<'_> {
     #[allow(clippy::type_complexity)]
     fn request(&mut self, head: RequestHead) -> Result<Prepared, ConnError> {
         let RequestHead {
-            method,
-            uri,
-            version,
-            mut headers,
+            mut head,
             body: length,
             expect_continue,
             length_repeated,
@@ -381,7 +378,7 @@ impl Conn<'_> {
         if expect_continue {
             // ficus answers it itself, or (no body, HTTP/1.0) it does not apply: the
             // upstream must not wait for a body or answer 100 on its own.
-            headers.remove(EXPECT);
+            head.fields.remove(EXPECT.as_str());
         }
         if length_repeated {
             // `5, 5`, or two fields of 5 (anything else was refused): one length,
@@ -390,7 +387,7 @@ impl Conn<'_> {
                 RequestBodyLength::Length(n) => n,
                 _ => 0,
             };
-            headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+            head.fields.insert(CONTENT_LENGTH, HeaderValue::from(n));
         }
         let mut returned = None;
         let mut expect = None;
@@ -399,7 +396,7 @@ impl Conn<'_> {
             RequestBodyLength::Length(_) | RequestBodyLength::Chunked => {
                 // ficus answers `Expect: 100-continue` itself when the body is first
                 // read: by then the request has been routed and its upstream reached.
-                if expect_continue && version == Version::HTTP_11 {
+                if expect_continue && head.version == Version::HTTP_11 {
                     expect = Some(Arc::new(Continue::default()));
                 }
                 let reader = self.reader.take().ok_or("request body without a reader")?;
@@ -412,13 +409,8 @@ impl Conn<'_> {
                 ClientBody::Http1(Http1Body::new(reader, length, tx, expect.clone()))
             }
         };
-        let mut request = Request::new(body);
-        *request.method_mut() = method;
-        *request.uri_mut() = uri;
-        *request.version_mut() = version;
-        *request.headers_mut() = headers;
         Ok(Prepared {
-            request,
+            request: Call { head, body },
             returned,
             expect,
         })
@@ -429,7 +421,7 @@ impl Conn<'_> {
         &mut self,
         state: &SharedState,
         peer: &Peer,
-        request: Request<ClientBody>,
+        request: Call<ClientBody>,
         expect: Option<Arc<Continue>>,
         stop: &mut StopWatch<'_>,
     ) -> Option<Reply<ResponseBody>> {

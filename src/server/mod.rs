@@ -30,6 +30,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::ServerSettings;
+use crate::message::Call;
 use crate::proxy::{self, Peer, ResponseBody, SharedState};
 use body::ClientBody;
 use io::{ConnActivity, ConnTimeouts, TimedIo};
@@ -216,7 +217,7 @@ impl Service<Request<Incoming>> for ConnService {
         // connection. Boxed, the slot holds a pointer and the request's state is
         // freed when its response is done.
         Box::pin(async move {
-            let request = request.map(ClientBody::Http2);
+            let request = Call::from_http2(request.map(ClientBody::Http2));
             let response = proxy::handle(&state, request, &client).await;
             Ok(response.map(|body| body.with_guard(guard)).into_response())
         })

@@ -23,15 +23,14 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, HeaderValue};
-use http::request::Parts;
-use http::{HeaderMap, HeaderName, Method, Request, StatusCode};
+use http::{HeaderMap, HeaderName, Method, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{Route, ShadowSpec};
-use crate::message::{Fields, Reply};
+use crate::message::{Call, Fields, Head, Reply};
 use crate::metrics::{ShadowMetrics, ShadowOutcome};
 use crate::proxy::headers::Forwarding;
 use crate::tee::{Lost, Tee, TeeBody, TeeReceiver};
@@ -302,15 +301,15 @@ impl Shadow {
     /// when mirrored, what the primary side must hand over once it has answered.
     pub fn begin(
         self: &Arc<Self>,
-        request: Request<RequestBody>,
+        request: Call<RequestBody>,
         forwarding: &Forwarding,
         side: usize,
-    ) -> (Request<RequestBody>, Option<Mirror>) {
+    ) -> (Call<RequestBody>, Option<Mirror>) {
         let spec = &self.spec;
         let Some(Some(primary_pool)) = self.sides.get(side) else {
             return (request, None); // this side is the shadow target itself
         };
-        if !spec.methods.contains(request.method())
+        if !spec.methods.contains(&request.head.method)
             || !(spec.sample >= 1.0 || fastrand::f64() < spec.sample)
         {
             return (request, None);
@@ -323,11 +322,11 @@ impl Shadow {
             self.metrics.outcome(ShadowOutcome::Dropped);
             return (request, None);
         };
-        let (parts, body) = request.into_parts();
+        let Call { head: parts, body } = request;
         let mut head = parts.clone();
-        forwarding.apply(&mut head.headers);
-        head.headers
-            .insert(&SHADOW_HEADER, HeaderValue::from_static("1"));
+        forwarding.apply(&mut head.fields);
+        head.fields
+            .append(SHADOW_HEADER.clone(), HeaderValue::from_static("1"));
         let (body, request_body) = match body {
             RequestBody::Stream(incoming) if !incoming.is_end_stream() => {
                 let (tee, copy) = Tee::new(spec.max_body);
@@ -376,7 +375,7 @@ impl Shadow {
             head: head_tx,
             body: body_tee,
         };
-        (Request::from_parts(parts, body), Some(mirror))
+        (Call { head: parts, body }, Some(mirror))
     }
 
     async fn run(self: Arc<Self>, pending: Pending) -> Result<ShadowOutcome, Ended> {
@@ -473,9 +472,9 @@ impl Shadow {
             return Ok(ShadowOutcome::Match);
         }
         let request_id = head
-            .headers
-            .get(&crate::proxy::headers::X_REQUEST_ID)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .fields
+            .get(crate::proxy::headers::X_REQUEST_ID.as_str())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default();
         tracing::info!(
             route = &*self.route,
@@ -538,11 +537,14 @@ impl Shadow {
     async fn exchange(
         &self,
         pool: &Upstream,
-        head: &Parts,
+        head: &Head,
         body: Bytes,
         deadline: Instant,
     ) -> Result<Answer, Ended> {
-        let request = Request::from_parts(head.clone(), RequestBody::full(body));
+        let request = Call {
+            head: head.clone(),
+            body: RequestBody::full(body),
+        };
         let started = Instant::now();
         let limit = self.spec.max_body;
         let exchange = async {
@@ -581,7 +583,7 @@ impl Shadow {
 
 /// What a shadow task starts with.
 struct Pending {
-    head: Parts,
+    head: Head,
     request_body: Option<TeeReceiver>,
     primary_head: oneshot::Receiver<PrimaryHead>,
     primary_body: TeeReceiver,
@@ -597,14 +599,11 @@ fn observed(answer: &Answer) -> Observed<'_> {
 }
 
 /// The request's declared body length, when it has one.
-fn declared_length(request: &Request<RequestBody>) -> Option<u64> {
-    let exact = request.body().size_hint().exact();
+fn declared_length(request: &Call<RequestBody>) -> Option<u64> {
+    let exact = request.body.size_hint().exact();
     exact.or_else(|| {
-        request
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
+        let length = request.head.fields.get(CONTENT_LENGTH.as_str())?;
+        std::str::from_utf8(length).ok()?.parse().ok()
     })
 }
 

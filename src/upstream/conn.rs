@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
-use http::request::Parts;
 use http::{Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
@@ -21,7 +20,7 @@ use tokio::net::TcpStream;
 use super::{EndpointPool, RequestBody, SendError};
 use crate::http1::codec::{self, Chunked, Decoded, Field, ResponseFraming, ResponseHead};
 use crate::http1::wire::{self, BodyWriter, FIRST_READ, Framing, WriteError, WriteQueue};
-use crate::message::Reply;
+use crate::message::{Head, Reply};
 
 /// How long an upload the upstream answered early may go on after the answer. The
 /// client is still sending it; cutting it would reset the client's connection before
@@ -84,12 +83,12 @@ impl Connection {
     /// Queues the request head for writing.
     fn queue_head(
         &mut self,
-        parts: &Parts,
+        head: &Head,
         framing: Option<&(HeaderName, HeaderValue)>,
         fields: &[Field<'_>],
     ) {
         self.received = false;
-        codec::encode_request_head(parts, framing, fields, self.queue.head());
+        codec::encode_request_head(head, framing, fields, self.queue.head());
     }
 
     /// Gives back what a large exchange grew, before the connection idles in the pool.
@@ -160,17 +159,17 @@ impl RequestWriter {
     }
 }
 
-/// Sends the head queued from `parts`, then the body, and waits for the response
+/// Sends `head`, then the body, and waits for the response
 /// head. An upstream may answer before the upload ends; `writer` then still has
 /// work, which the response body finishes.
 pub async fn exchange(
     conn: &mut Connection,
-    parts: &Parts,
+    head: &Head,
     framing: Option<&(HeaderName, HeaderValue)>,
     fields: &[Field<'_>],
     writer: &mut Option<RequestWriter>,
 ) -> Result<ResponseHead, SendError> {
-    conn.queue_head(parts, framing, fields);
+    conn.queue_head(head, framing, fields);
     let mut write_failed = None;
     poll_fn(|cx| {
         if let Some(w) = writer.as_mut() {

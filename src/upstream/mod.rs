@@ -31,15 +31,14 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::Method;
 use http::header::{HOST, HeaderName, HeaderValue};
-use http::request::Parts;
-use http::{Method, Request};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::config::{Endpoint, UpstreamSpec};
 use crate::http1::codec;
 use crate::http1::wire::Framing;
-use crate::message::Reply;
+use crate::message::{Call, Head, Reply};
 use crate::server::body::{BodyError, ClientBody};
 use crate::tee::TeeBody;
 pub use codec::Field;
@@ -182,19 +181,19 @@ impl Upstream {
     /// goes back to the pool once the body has been read to its end.
     pub async fn send(
         &self,
-        request: Request<RequestBody>,
+        request: Call<RequestBody>,
         fields: &[Field<'_>],
     ) -> Result<Reply<UpstreamBody>, SendError> {
         let pool = self.pool();
-        let (mut parts, body) = request.into_parts();
-        if !parts.headers.contains_key(HOST) {
+        let Call { mut head, body } = request;
+        if !head.fields.contains(HOST.as_str()) {
             // Only HTTP/1.0 clients get here (ficus rejects HTTP/1.1 without Host).
             if let Ok(host) = HeaderValue::from_str(pool.endpoint.authority.as_str()) {
-                parts.headers.insert(HOST, host);
+                head.fields.append(HOST, host);
             }
         }
         let (framing, extra) = codec::request_framing(
-            &mut parts.headers,
+            &mut head.fields,
             body.is_end_stream(),
             body.size_hint().exact(),
         )
@@ -202,7 +201,7 @@ impl Upstream {
         // A request whose body is not streamed can be sent again on a fresh connection
         // when a pooled one turns out to have been closed by the upstream.
         let replay = match &body {
-            _ if !is_idempotent(&parts.method) => None,
+            _ if !is_idempotent(&head.method) => None,
             RequestBody::Full(bytes) => Some(RequestBody::Full(bytes.clone())),
             _ if framing == Framing::Empty => Some(RequestBody::Full(None)),
             _ => None,
@@ -216,9 +215,8 @@ impl Upstream {
             // Boxed, like the retry below: rare paths should not grow every request's future.
             None => Box::pin(pool.connect()).await?,
         };
-        let exchanged =
-            conn::exchange(&mut conn, &parts, extra.as_ref(), fields, &mut writer).await;
-        let mut head = match (exchanged, replay) {
+        let exchanged = conn::exchange(&mut conn, &head, extra.as_ref(), fields, &mut writer).await;
+        let mut answer = match (exchanged, replay) {
             (Err(e), Some(replay)) if conn.reused && !conn.received && is_closed_under_us(&e) => {
                 // The upstream closed its idle connection as ficus reused it: not a byte
                 // was answered, and the request is safe to send again.
@@ -228,29 +226,29 @@ impl Upstream {
                     "a reused upstream connection closed before answering; sending the request again"
                 );
                 writer = Some(RequestWriter::new(replay, framing));
-                let (fresh, head) =
-                    Box::pin(resend(pool, &parts, extra.as_ref(), fields, &mut writer)).await?;
+                let (fresh, answer) =
+                    Box::pin(resend(pool, &head, extra.as_ref(), fields, &mut writer)).await?;
                 conn = fresh;
-                head
+                answer
             }
             (result, _) => result?,
         };
-        let body = UpstreamBody::new(conn, writer, &parts.method, &mut head, pool)?;
-        Ok(conn::response(head, body))
+        let body = UpstreamBody::new(conn, writer, &head.method, &mut answer, pool)?;
+        Ok(conn::response(answer, body))
     }
 }
 
 /// Sends a request again, on a new connection.
 async fn resend(
     pool: &EndpointPool,
-    parts: &Parts,
+    head: &Head,
     extra: Option<&(HeaderName, HeaderValue)>,
     fields: &[Field<'_>],
     writer: &mut Option<RequestWriter>,
 ) -> Result<(Box<Connection>, ResponseHead), SendError> {
     let mut conn = pool.connect().await?;
-    let head = conn::exchange(&mut conn, parts, extra, fields, writer).await?;
-    Ok((conn, head))
+    let answer = conn::exchange(&mut conn, head, extra, fields, writer).await?;
+    Ok((conn, answer))
 }
 
 /// Closes a pool's expired idle connections every `every` while the pool lives. Nobody
