@@ -523,3 +523,15 @@ fn response_framing_towards_clients() {
         "a length without a sized body goes"
     );
 }
+
+#[test]
+fn control_bytes_in_a_field_value_are_refused_both_ways() {
+    for bad in ["a\x01b", "a\x00b", "a\rb", "a\x7fb"] {
+        let text = format!("HTTP/1.1 200 OK\r\nX-A: {bad}\r\nContent-Length: 0\r\n\r\n");
+        assert!(head(&text).is_err(), "response with {bad:?}");
+        let text = format!("GET / HTTP/1.1\r\nHost: x\r\nX-A: {bad}\r\n\r\n");
+        assert!(request(&text).is_err(), "request with {bad:?}");
+    }
+    // Tabs and bytes past ASCII (obs-text) are field content.
+    assert!(head("HTTP/1.1 200 OK\r\nX-A: a\tbé\r\n\r\n").is_ok());
+}
