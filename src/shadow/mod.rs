@@ -30,7 +30,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{Route, ShadowSpec};
-use crate::message::{Call, Fields, Head, Reply};
+use crate::message::{Fields, Head, Reply};
 use crate::metrics::{ShadowMetrics, ShadowOutcome};
 use crate::proxy::headers::Forwarding;
 use crate::tee::{Lost, Tee, TeeBody, TeeReceiver};
@@ -296,34 +296,35 @@ impl Shadow {
         &self.metrics
     }
 
-    /// Starts mirroring `request`, about to go to the route's `side`, if it is chosen.
-    /// Returns the request to send (its body copied as it streams, when it has one) and,
-    /// when mirrored, what the primary side must hand over once it has answered.
+    /// Starts mirroring the request (`request` and `body`), about to go to the route's
+    /// `side`, if it is chosen. Returns the body to send (copied as it streams, when
+    /// there is one) and, when mirrored, what the primary side must hand over once it
+    /// has answered.
     pub fn begin(
         self: &Arc<Self>,
-        request: Call<RequestBody>,
+        request: &Head,
+        body: RequestBody,
         forwarding: &Forwarding,
         side: usize,
-    ) -> (Call<RequestBody>, Option<Mirror>) {
+    ) -> (RequestBody, Option<Mirror>) {
         let spec = &self.spec;
         let Some(Some(primary_pool)) = self.sides.get(side) else {
-            return (request, None); // this side is the shadow target itself
+            return (body, None); // this side is the shadow target itself
         };
-        if !spec.methods.contains(&request.head.method)
+        if !spec.methods.contains(&request.method)
             || !(spec.sample >= 1.0 || fastrand::f64() < spec.sample)
         {
-            return (request, None);
+            return (body, None);
         }
-        if declared_length(&request).is_some_and(|n| n > spec.max_body as u64) {
+        if declared_length(request, &body).is_some_and(|n| n > spec.max_body as u64) {
             self.metrics.outcome(ShadowOutcome::Skipped);
-            return (request, None);
+            return (body, None);
         }
         let Some(slot) = self.state.try_start() else {
             self.metrics.outcome(ShadowOutcome::Dropped);
-            return (request, None);
+            return (body, None);
         };
-        let Call { head: parts, body } = request;
-        let mut head = parts.clone();
+        let mut head = request.clone();
         forwarding.apply(&mut head.fields);
         head.fields
             .append(SHADOW_HEADER.clone(), HeaderValue::from_static("1"));
@@ -375,7 +376,7 @@ impl Shadow {
             head: head_tx,
             body: body_tee,
         };
-        (Call { head: parts, body }, Some(mirror))
+        (body, Some(mirror))
     }
 
     async fn run(self: Arc<Self>, pending: Pending) -> Result<ShadowOutcome, Ended> {
@@ -541,14 +542,12 @@ impl Shadow {
         body: Bytes,
         deadline: Instant,
     ) -> Result<Answer, Ended> {
-        let request = Call {
-            head: head.clone(),
-            body: RequestBody::full(body),
-        };
+        let mut head = head.clone();
         let started = Instant::now();
         let limit = self.spec.max_body;
         let exchange = async {
-            let response = pool.send(request, &[]).await.map_err(|e| {
+            let response = pool.send(&mut head, RequestBody::full(body), &[]).await;
+            let response = response.map_err(|e| {
                 let why = match e {
                     SendError::ConnectTimeout(_) => "shadow connect timed out",
                     SendError::Connect(_) => "shadow connect failed",
@@ -599,10 +598,10 @@ fn observed(answer: &Answer) -> Observed<'_> {
 }
 
 /// The request's declared body length, when it has one.
-fn declared_length(request: &Call<RequestBody>) -> Option<u64> {
-    let exact = request.body.size_hint().exact();
+fn declared_length(head: &Head, body: &RequestBody) -> Option<u64> {
+    let exact = body.size_hint().exact();
     exact.or_else(|| {
-        let length = request.head.fields.get(CONTENT_LENGTH.as_str())?;
+        let length = head.fields.get(CONTENT_LENGTH.as_str())?;
         std::str::from_utf8(length).ok()?.parse().ok()
     })
 }

@@ -38,7 +38,7 @@ use http_body::{Body, Frame, SizeHint};
 use crate::config::{Endpoint, UpstreamSpec};
 use crate::http1::codec;
 use crate::http1::wire::Framing;
-use crate::message::{Call, Head, Reply};
+use crate::message::{Head, Reply};
 use crate::server::body::{BodyError, ClientBody};
 use crate::tee::TeeBody;
 pub use codec::Field;
@@ -176,16 +176,17 @@ impl Upstream {
         &self.endpoints[n % self.endpoints.len()]
     }
 
-    /// Sends `request` (origin-form target, Host set) to the next endpoint and
-    /// returns the response head; the body streams from the connection, which
-    /// goes back to the pool once the body has been read to its end.
+    /// Sends `head` (origin-form target) and `body` to the next endpoint and returns the
+    /// response head; the body streams from the connection, which goes back to the pool
+    /// once the body has been read to its end. `head` gets the Host (when it has none)
+    /// and framing fields it was sent with.
     pub async fn send(
         &self,
-        request: Call<RequestBody>,
+        head: &mut Head,
+        body: RequestBody,
         fields: &[Field<'_>],
     ) -> Result<Reply<UpstreamBody>, SendError> {
         let pool = self.pool();
-        let Call { mut head, body } = request;
         if !head.fields.contains(HOST.as_str()) {
             // Only HTTP/1.0 clients get here (ficus rejects HTTP/1.1 without Host).
             if let Ok(host) = HeaderValue::from_str(pool.endpoint.authority.as_str()) {
@@ -215,7 +216,7 @@ impl Upstream {
             // Boxed, like the retry below: rare paths should not grow every request's future.
             None => Box::pin(pool.connect()).await?,
         };
-        let exchanged = conn::exchange(&mut conn, &head, extra.as_ref(), fields, &mut writer).await;
+        let exchanged = conn::exchange(&mut conn, head, extra.as_ref(), fields, &mut writer).await;
         let mut answer = match (exchanged, replay) {
             (Err(e), Some(replay)) if conn.reused && !conn.received && is_closed_under_us(&e) => {
                 // The upstream closed its idle connection as ficus reused it: not a byte
@@ -227,7 +228,7 @@ impl Upstream {
                 );
                 writer = Some(RequestWriter::new(replay, framing));
                 let (fresh, answer) =
-                    Box::pin(resend(pool, &head, extra.as_ref(), fields, &mut writer)).await?;
+                    Box::pin(resend(pool, head, extra.as_ref(), fields, &mut writer)).await?;
                 conn = fresh;
                 answer
             }
