@@ -15,6 +15,9 @@ use bytes::{Bytes, BytesMut};
 use http::header::{COOKIE, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 
+/// `X-Request-Id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// A request's head as ficus carries it.
 #[derive(Debug, Clone)]
 pub struct Head {
@@ -77,6 +80,9 @@ pub struct Reply<B> {
     pub reason: Option<Bytes>,
     /// The header fields, hop-by-hop ones already removed.
     pub fields: Fields,
+    /// The `x-request-id` ficus answers with, written after `fields` (which hold no
+    /// other). Kept apart so that adding it costs no allocation.
+    pub request_id: Option<HeaderValue>,
     /// The body.
     pub body: B,
 }
@@ -88,6 +94,7 @@ impl<B> Reply<B> {
             status,
             reason: None,
             fields: Fields::new(),
+            request_id: None,
             body,
         }
     }
@@ -98,6 +105,7 @@ impl<B> Reply<B> {
             status: self.status,
             reason: self.reason,
             fields: self.fields,
+            request_id: self.request_id,
             body: f(self.body),
         }
     }
@@ -106,7 +114,11 @@ impl<B> Reply<B> {
     pub fn into_response(self) -> Response<B> {
         let mut response = Response::new(self.body);
         *response.status_mut() = self.status;
-        *response.headers_mut() = self.fields.to_map();
+        let mut headers = self.fields.to_map();
+        if let Some(id) = self.request_id {
+            headers.insert(&X_REQUEST_ID, id);
+        }
+        *response.headers_mut() = headers;
         response
     }
 }

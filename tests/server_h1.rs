@@ -926,7 +926,8 @@ async fn an_upstreams_repeated_length_is_relayed_once_and_a_204_has_none() {
 #[tokio::test]
 async fn an_upstreams_fields_reach_the_client_in_order_and_case_without_hop_by_hop_ones() {
     let answer = b"HTTP/1.1 200 OK\r\nServer: legacy\r\nConnection: keep-alive, X-Hop\r\n\
-        X-Hop: secret\r\nX-Mixed-Case: A\r\nSet-Cookie: a=1\r\nKeep-Alive: timeout=5\r\n\
+        X-Hop: secret\r\nX-Mixed-Case: A\r\nX-Request-Id: theirs\r\nSet-Cookie: a=1\r\n\
+        Keep-Alive: timeout=5\r\n\
         set-cookie: b=2\r\nContent-Length: 2\r\n\r\nhi";
     let raw = RawUpstream::start(Some(answer)).await;
     let proxy = TestProxy::start(&format!(
@@ -938,7 +939,8 @@ async fn an_upstreams_fields_reach_the_client_in_order_and_case_without_hop_by_h
     client.send(&get("/x")).await;
     let reply = client.response("GET").await;
     assert_eq!(reply.text(), "hi");
-    // The upstream's own, as it wrote them; then ficus's request id and date.
+    // The upstream's own, as it wrote them, but its request id; then ficus's request id
+    // (the one it logged) and the date.
     assert_eq!(
         reply.names,
         [

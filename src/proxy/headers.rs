@@ -2,14 +2,16 @@
 //!
 //! Pure functions over `HeaderMap`, applied in both directions.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
+
+use bytes::{BufMut, BytesMut};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+pub use crate::message::X_REQUEST_ID;
 use crate::message::{Fields, is_named};
 
-/// `X-Request-Id`.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`.
@@ -223,16 +225,34 @@ pub fn usable_request_id(fields: &Fields) -> Option<HeaderValue> {
 }
 
 /// A fresh random request id: 32 hex digits.
+///
+/// Ids are cut from a per-thread block of [`ID_BLOCK`] of them: a header value of its
+/// own would cost an allocation and a free per request, a slice of the block only a
+/// reference count. A block is freed when the last id cut from it is dropped.
 pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 32];
-    let bits = fastrand::u128(..);
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = HEX[((bits >> (i * 4)) & 0xf) as usize];
+    thread_local! {
+        static BLOCK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
     }
+    let bits = fastrand::u128(..).to_le_bytes();
+    let id = BLOCK.with_borrow_mut(|block| {
+        if block.capacity() < ID_LEN {
+            *block = BytesMut::with_capacity(ID_LEN * ID_BLOCK);
+        }
+        for byte in bits {
+            block.put_u8(HEX[usize::from(byte >> 4)]);
+            block.put_u8(HEX[usize::from(byte & 0xf)]);
+        }
+        block.split().freeze()
+    });
     // Hex digits are always a valid header value.
-    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("0"))
+    HeaderValue::from_maybe_shared(id).unwrap_or(HeaderValue::from_static("0"))
 }
+
+/// Length of a request id ficus makes.
+const ID_LEN: usize = 32;
+/// Request ids per allocated block.
+const ID_BLOCK: usize = 128;
 
 #[cfg(test)]
 mod tests {
@@ -393,9 +413,14 @@ mod tests {
 
     #[test]
     fn request_ids() {
-        let id = new_request_id();
-        assert_eq!(id.len(), 32);
-        assert_ne!(id, new_request_id());
+        // More than two blocks' worth: every id is whole, hex and fresh.
+        let ids: std::collections::HashSet<_> =
+            (0..2 * ID_BLOCK + 5).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 2 * ID_BLOCK + 5);
+        for id in &ids {
+            assert_eq!(id.len(), ID_LEN);
+            assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit), "{id:?}");
+        }
         assert!(usable_request_id(&map(&[("x-request-id", "abc-123")])).is_some());
         assert!(usable_request_id(&map(&[("x-request-id", "has space")])).is_none());
         assert!(usable_request_id(&map(&[("x-request-id", &"a".repeat(200))])).is_none());

@@ -221,9 +221,9 @@ pub async fn handle(
             error.to_reply(&request_id).map(ResponseBody::full)
         }
     };
-    response
-        .fields
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    // An upstream's own id would contradict the one ficus logged.
+    response.fields.remove(X_REQUEST_ID.as_str());
+    response.request_id = Some(request_id.clone());
     let status = response.status;
     metrics.record(status, elapsed.as_secs_f64());
     tracing::info!(

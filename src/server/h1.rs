@@ -481,6 +481,7 @@ impl Conn<'_> {
             status,
             reason,
             mut fields,
+            request_id,
             body,
         } = response;
         let exact = http_body::Body::size_hint(&body).exact();
@@ -489,8 +490,12 @@ impl Conn<'_> {
         keep_alive &= framing != Framing::Close;
         let date = http_date();
         let mut digits = [0u8; 20];
-        let mut extra: [(&HeaderName, &[u8]); 3] = [(&DATE, b""); 3];
+        let mut extra: [(&HeaderName, &[u8]); 4] = [(&DATE, b""); 4];
         let mut n = 0;
+        if let Some(id) = &request_id {
+            extra[n] = (&X_REQUEST_ID, id.as_bytes());
+            n += 1;
+        }
         if !fields.contains(DATE.as_str()) {
             extra[n] = (&DATE, &date);
             n += 1;
@@ -577,7 +582,7 @@ impl Conn<'_> {
             // It broke before its first byte: nothing has gone out, so the client can
             // still get a plain 502 (the upstream error was counted with the body).
             self.queue.discard();
-            let request_id = fields.get(X_REQUEST_ID.as_str());
+            let request_id = request_id.as_ref().map(HeaderValue::as_bytes);
             self.answer_alone(StatusCode::BAD_GATEWAY, request_id).await;
             return Ok(false);
         }

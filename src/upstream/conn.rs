@@ -400,6 +400,7 @@ pub(super) fn response(head: ResponseHead, body: UpstreamBody) -> Reply<Upstream
         status: head.status,
         reason: head.reason,
         fields: head.fields,
+        request_id: None,
         body,
     }
 }
