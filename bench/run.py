@@ -107,10 +107,11 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, user_only: bool = False) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     # utime and stime are fields 14 and 15 of /proc/PID/stat (1-based), here 11 and 12.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    user, system = int(fields[11]), int(fields[12])
+    return (user if user_only else user + system) / CLK_TCK
 
 
 def status_kib(pid: int, key: str) -> int:
@@ -128,11 +129,11 @@ def machine_busy_seconds() -> float:
     return (sum(values[:8]) - idle) / CLK_TCK
 
 
-def process_tree_cpu(pids: list[int]) -> float:
+def process_tree_cpu(pids: list[int], user_only: bool = False) -> float:
     total = 0.0
     for pid in pids:
         try:
-            total += cpu_seconds(pid)
+            total += cpu_seconds(pid, user_only)
         except (FileNotFoundError, ProcessLookupError):
             pass
     return total
@@ -310,6 +311,7 @@ class Run:
     non2xx: int
     cpu_us_per_req: float | None
     busy_other: float
+    user_us_per_req: float | None = None  # the user-mode part of cpu_us_per_req
     shadow: dict[str, int] | None = None  # scenario 7, ficus: shadow outcomes during this run
 
 
@@ -348,12 +350,14 @@ def percentile_ms(out: str, percent: int) -> float:
 def wrk(url: str, seconds: float, connections: int, extra: list[str], measured: list[int], all_pids: list[int]) -> Run:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", *extra, url]
     cpu_before = process_tree_cpu(measured)
+    user_before = process_tree_cpu(measured, user_only=True)
     busy_before = machine_busy_seconds()
     ours_before = process_tree_cpu(all_pids)
     wrk_cpu_before = children_cpu()
     wrk_proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, preexec_fn=raise_nofile)
     wrk_cpu = children_cpu() - wrk_cpu_before
     cpu_after = process_tree_cpu(measured)
+    user_after = process_tree_cpu(measured, user_only=True)
     busy_after = machine_busy_seconds()
     ours_after = process_tree_cpu(all_pids)
     out = wrk_proc.stdout
@@ -373,7 +377,9 @@ def wrk(url: str, seconds: float, connections: int, extra: list[str], measured: 
     # CPU used by processes this script did not start (wrk included in ours via its own time).
     wall = seconds
     other = (busy_after - busy_before) - (ours_after - ours_before) - wrk_cpu
-    return Run(rps, p50, p99, requests, errors, non2xx, cpu, max(0.0, other) / (wall * os.cpu_count()))
+    user = (user_after - user_before) * 1e6 / requests if measured and requests else None
+    busy = max(0.0, other) / (wall * os.cpu_count())
+    return Run(rps, p50, p99, requests, errors, non2xx, cpu, busy, user_us_per_req=user)
 
 
 def children_cpu() -> float:
@@ -770,6 +776,16 @@ def report(results: dict[str, dict[str, Series]], seconds: float, repeats: int, 
                     ratios = [f.cpu_us_per_req / p.cpu_us_per_req for f, p in zip(s["ficus"].runs, s[peer].runs)]
                     print(f"Scenario 1 CPU per request, ficus / {peer}: median {med(ratios):.2f}x "
                           f"(per repeat: {', '.join(f'{r:.2f}' for r in ratios)})")
+            # Where the CPU goes: user mode (the proxy's own code) and system (sockets).
+            split = []
+            for target in ("nginx", "haproxy", "ficus"):
+                runs = s.get(target)
+                if runs and all(r.user_us_per_req is not None for r in runs.runs):
+                    user = med([r.user_us_per_req for r in runs.runs])
+                    total = med([r.cpu_us_per_req for r in runs.runs])
+                    split.append(f"{target} {user:.1f} user + {total - user:.1f} system")
+            if split:
+                print(f"Scenario 1 CPU µs per request (medians): {'; '.join(split)}")
     if LARGE_KEY in results:
         s = results[LARGE_KEY]
         rps = [b.rps / a.rps for a, b in zip(s["ficus"].runs, s[LARGE_TABLE].runs)]
