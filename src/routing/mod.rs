@@ -241,13 +241,37 @@ impl Router {
             }
             count += 1;
         }
-        let segments = if spill.is_empty() {
-            &buf[..count]
-        } else {
-            &spill[..]
-        };
-        find_exact(&self.root, segments, method)
-            .or_else(|| find_prefix(&self.root, segments, method))
+        if !spill.is_empty() {
+            return find_exact(&self.root, &spill, method)
+                .or_else(|| find_prefix(&self.root, &spill, method));
+        }
+        let segments = &buf[..count];
+        // The exact search starts down the literal chain and the prefix search walks
+        // only it: walked once, the chain serves both (each step is a hash lookup).
+        let mut chain: [&Node; 17] = [&self.root; 17];
+        let mut depth = 0;
+        while let Some(next) = segments.get(depth).and_then(|s| child(chain[depth], s)) {
+            depth += 1;
+            chain[depth] = next;
+        }
+        if depth == count
+            && let Some(found) = chain[depth].exact.pick(method)
+        {
+            return Some(found);
+        }
+        // As the depth-first search goes on: segment `d` taken by a {param} instead of
+        // a literal, the deepest first (the last segment, when all matched literally).
+        let deepest = depth.min(count.saturating_sub(1));
+        for d in (0..=deepest).rev().filter(|_| count > 0) {
+            let param = chain[d].param.as_deref();
+            if let Some(found) = param.and_then(|n| find_exact(n, &segments[d + 1..], method)) {
+                return Some(found);
+            }
+        }
+        chain[..=depth]
+            .iter()
+            .rev()
+            .find_map(|node| node.prefix.pick(method))
     }
 }
 
