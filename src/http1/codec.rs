@@ -190,9 +190,8 @@ pub struct ResponseHead {
 /// bytes are needed.
 pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ProtocolError> {
     let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut spans = [Span::default(); MAX_HEADERS];
     let mut facts = Facts::default();
-    let (len, code, version, count, reason) = {
+    let (len, code, version, spans, reason) = {
         let mut response = httparse::Response::new(&mut []);
         let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
             &mut response,
@@ -202,7 +201,6 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, P
         match parsed {
             Ok(httparse::Status::Complete(len)) => {
                 let base = buf.as_ptr() as usize;
-                record_spans(base, response.headers, &mut spans);
                 for header in response.headers.iter() {
                     facts.observe(header.name.as_bytes(), header.value);
                 }
@@ -219,7 +217,8 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, P
                     len,
                     code,
                     response.version.unwrap_or(1),
-                    response.headers.len(),
+                    // Only a complete head costs an allocation.
+                    record_spans(base, response.headers),
                     reason,
                 )
             }
@@ -242,7 +241,7 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, P
     };
     let head = buf.split_to(len).freeze();
     let reason = reason.map(|(start, len)| head.slice(start..start + len));
-    let mut fields = Fields::received(head, spans[..count].to_vec());
+    let mut fields = Fields::received(head, spans);
     if facts.length_items > 1
         && !facts.length_invalid
         && let Some(length) = facts.length
@@ -259,19 +258,19 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, P
     }))
 }
 
-/// Records where each of `headers` sits in the buffer starting at `base`.
-fn record_spans(base: usize, headers: &[httparse::Header<'_>], spans: &mut [Span]) {
-    for (span, header) in spans.iter_mut().zip(headers) {
-        // Offsets into the buffer httparse borrowed: callers bound a head to far
-        // less than 4 GiB before building from them, so they fit in u32.
-        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        let name = header.name.as_bytes();
-        span.name = (offset(name), offset(name) + name.len() as u32);
-        span.value = (
-            offset(header.value),
-            offset(header.value) + header.value.len() as u32,
-        );
-    }
+/// Where each of `headers` sits in the buffer starting at `base`.
+fn record_spans(base: usize, headers: &[httparse::Header<'_>]) -> Vec<Span> {
+    // Offsets into the buffer httparse borrowed: callers bound a head to far less than
+    // 4 GiB before building from them, so they fit in u32.
+    let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+    let span = |header: &httparse::Header<'_>| {
+        let (name, value) = (header.name.as_bytes(), header.value);
+        Span {
+            name: (offset(name), offset(name) + name.len() as u32),
+            value: (offset(value), offset(value) + value.len() as u32),
+        }
+    };
+    headers.iter().map(span).collect()
 }
 
 /// A client's request head that ficus will not serve.
@@ -405,9 +404,8 @@ pub fn parse_request_head(
     max_bytes: usize,
 ) -> Result<Option<RequestHead>, RequestHeadError> {
     let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut spans = [Span::default(); MAX_HEADERS];
     let mut facts = Facts::default();
-    let (len, method, target, version, count) = {
+    let (len, method, target, version, spans) = {
         let mut request = httparse::Request::new(&mut []);
         let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
             &mut request,
@@ -420,7 +418,6 @@ pub fn parse_request_head(
             }
             Ok(httparse::Status::Complete(len)) => {
                 let base = buf.as_ptr() as usize;
-                record_spans(base, request.headers, &mut spans);
                 for header in request.headers.iter() {
                     facts.observe(header.name.as_bytes(), header.value);
                 }
@@ -434,7 +431,7 @@ pub fn parse_request_head(
                     method,
                     target,
                     request.version.unwrap_or(1),
-                    request.headers.len(),
+                    record_spans(base, request.headers),
                 )
             }
             Ok(httparse::Status::Partial) if buf.len() > max_bytes => {
@@ -454,7 +451,7 @@ pub fn parse_request_head(
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|_| RequestHeadError::Malformed("target"))?;
-    let fields = Fields::received(head, spans[..count].to_vec());
+    let fields = Fields::received(head, spans);
     Ok(Some(RequestHead {
         head: Head {
             method,
