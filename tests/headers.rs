@@ -320,6 +320,31 @@ async fn host_reaches_the_upstream_as_the_client_sent_it() {
 }
 
 #[tokio::test]
+async fn an_absolute_form_targets_authority_wins_over_a_differing_host() {
+    let legacy = Backend::start("legacy").await;
+    let proxy = proxy_to(&legacy).await;
+
+    for host in ["other.example", "shop.example.com"] {
+        let response = exchange(
+            proxy.running.proxy_addr,
+            &format!("GET http://shop.example.com/abs HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(response.status, 200, "Host: {host}");
+    }
+    // RFC 9112 §3.2.2: the target's authority, once, whatever the Host field said.
+    for recorded in legacy.requests() {
+        assert_eq!(recorded.target, "/abs");
+        assert_eq!(received(&recorded.headers, "host"), ["shop.example.com"]);
+        assert_eq!(
+            received(&recorded.headers, "x-forwarded-host"),
+            ["shop.example.com"]
+        );
+    }
+    assert_eq!(legacy.requests().len(), 2);
+}
+
+#[tokio::test]
 async fn request_id_is_generated_when_absent_and_reaches_upstream_and_client() {
     let legacy = Backend::start("legacy").await;
     let proxy = proxy_to(&legacy).await;

@@ -145,6 +145,8 @@ struct Routed<'s> {
     target: PathAndQuery,
     /// The Host the client meant, validated.
     host: Option<HeaderValue>,
+    /// Whether the request's Host field must be set to `host` (it came from the target).
+    set_host: bool,
 }
 
 /// Serves one request. Never fails: every error becomes a response.
@@ -167,8 +169,9 @@ pub async fn handle(
             decision,
             target,
             host,
+            set_host,
         }) => {
-            let forwarding = rewrite(&mut head, peer, target, host, &request_id);
+            let forwarding = rewrite(&mut head, peer, target, (host, set_host), &request_id);
             let body = RequestBody::Stream(body);
             let (body, mirror) = match decision.shadow {
                 Some(shadow) => shadow.begin(&head, body, &forwarding, decision.side),
@@ -256,7 +259,7 @@ fn route<'s>(snapshot: &'s Snapshot, request: &Head) -> Result<Routed<'s>, Proxy
     {
         return Err(ProxyError::UriTooLong);
     }
-    let host = client_host(request)?;
+    let (host, set_host) = client_host(request)?;
     let normalized = path::normalize(uri.path())?;
     let id = snapshot.table.router.route(&request.method, &normalized);
     let target = match normalized {
@@ -279,12 +282,14 @@ fn route<'s>(snapshot: &'s Snapshot, request: &Head) -> Result<Routed<'s>, Proxy
         decision,
         target,
         host,
+        set_host,
     })
 }
 
 /// The Host the client meant: the authority for HTTP/2 and absolute-form targets,
 /// else its single, well-formed Host header (RFC 9112 §3.2).
-fn client_host(request: &Head) -> Result<Option<HeaderValue>, ProxyError> {
+/// Also says whether the Host field must be set to it (it came from the target).
+fn client_host(request: &Head) -> Result<(Option<HeaderValue>, bool), ProxyError> {
     let mut hosts = request.fields.get_all(HOST.as_str());
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -292,15 +297,20 @@ fn client_host(request: &Head) -> Result<Option<HeaderValue>, ProxyError> {
     }
     if let Some(authority) = request.uri.authority() {
         return match HeaderValue::from_str(authority.as_str()) {
-            Ok(value) if headers::is_valid_host(value.as_bytes()) => Ok(Some(value)),
+            Ok(value) if headers::is_valid_host(value.as_bytes()) => {
+                let set = host != Some(value.as_bytes());
+                Ok((Some(value), set))
+            }
             _ => Err(ProxyError::BadHost),
         };
     }
     match host {
-        Some(host) if headers::is_valid_host(host) => Ok(request.fields.value(HOST.as_str())),
+        Some(host) if headers::is_valid_host(host) => {
+            Ok((request.fields.value(HOST.as_str()), false))
+        }
         Some(_) => Err(ProxyError::BadHost),
         None if request.version == Version::HTTP_11 => Err(ProxyError::BadHost),
-        None => Ok(None),
+        None => Ok((None, false)),
     }
 }
 
@@ -310,7 +320,7 @@ fn rewrite(
     head: &mut Head,
     peer: &Peer,
     target: PathAndQuery,
-    host: Option<HeaderValue>,
+    (host, set_host): (Option<HeaderValue>, bool),
     request_id: &HeaderValue,
 ) -> Forwarding {
     // The upstream client writes the target as given: origin-form.
@@ -321,9 +331,7 @@ fn rewrite(
     // (chunked, or HTTP/2 DATA without content-length) as chunked itself.
     headers::strip_request(&mut head.fields);
     // Without one (an HTTP/1.0 client), the pool sets the endpoint's authority.
-    if let Some(host) = &host
-        && head.fields.get(HOST.as_str()) != Some(host.as_bytes())
-    {
+    if let Some(host) = host.as_ref().filter(|_| set_host) {
         head.fields.insert(HOST, host.clone());
     }
     Forwarding::take(
