@@ -55,19 +55,33 @@ def raise_nofile() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), max(hard, want)))
 
 
+# --pin: the proxy under test on one CPU, the load (wrk) and the backends on the other.
+PIN = {"proxy": None, "load": None}
+
+
+def setup(role: str):
+    """What a child runs before exec: the descriptor limit, and its CPUs under --pin."""
+    def run() -> None:
+        raise_nofile()
+        cpus = PIN[role]
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+    return run
+
+
 class Procs:
     """The processes this run started; stopped (and only they) at the end."""
 
     def __init__(self) -> None:
         self.started: list[subprocess.Popen] = []
 
-    def start(self, args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    def start(self, args: list[str], log: Path, env: dict | None = None, role: str = "proxy") -> subprocess.Popen:
         proc = subprocess.Popen(
             args,
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
-            preexec_fn=raise_nofile,
+            preexec_fn=setup(role),
         )
         self.started.append(proc)
         return proc
@@ -354,7 +368,7 @@ def wrk(url: str, seconds: float, connections: int, extra: list[str], measured: 
     busy_before = machine_busy_seconds()
     ours_before = process_tree_cpu(all_pids)
     wrk_cpu_before = children_cpu()
-    wrk_proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, preexec_fn=raise_nofile)
+    wrk_proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, preexec_fn=setup("load"))
     wrk_cpu = children_cpu() - wrk_cpu_before
     cpu_after = process_tree_cpu(measured)
     user_after = process_tree_cpu(measured, user_only=True)
@@ -466,6 +480,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="ficus --threads (default 1, like one nginx worker)")
     parser.add_argument("--scenarios", default="1,2,3,4,5,6,7")
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="run the proxy under test on CPU 0 and wrk and the backends on CPU 1 (steadier on 2 cores)",
+    )
     args = parser.parse_args()
     seconds = args.seconds or (2.0 if args.smoke else 10.0)
     repeats = args.repeats or (1 if args.smoke else 3)
@@ -491,6 +510,11 @@ def main() -> int:
     backend_bin = ROOT / "target/release/examples/bench_backend"
 
     raise_nofile()
+    if args.pin:
+        if (os.cpu_count() or 1) < 2:
+            print("--pin needs two CPUs", file=sys.stderr)
+            return 2
+        PIN["proxy"], PIN["load"] = {0}, {1}
     needed = [*BACKEND_PORTS, *PORTS.values(), FICUS_ADMIN]
     if "2" in scenarios:
         needed += [LARGE_PORT, LARGE_ADMIN]
@@ -504,7 +528,9 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ficus-bench-"))
     results: dict[str, dict[str, Series]] = {}
     try:
-        backend = procs.start([str(backend_bin), *(f"127.0.0.1:{p}" for p in BACKEND_PORTS)], tmp / "backend.log")
+        backend = procs.start(
+            [str(backend_bin), *(f"127.0.0.1:{p}" for p in BACKEND_PORTS)], tmp / "backend.log", role="load"
+        )
         for p in BACKEND_PORTS:
             wait_port(p)
 
@@ -645,6 +671,7 @@ def main() -> int:
             mirror_backend = procs.start(
                 [str(backend_bin), f"127.0.0.1:{MIRROR_TARGETS['fast']}", f"127.0.0.1:{MIRROR_TARGETS['slow']}@{MIRROR_DELAY}"],
                 tmp / "mirror-backend.log",
+                role="load",
             )
             try:
                 for p in MIRROR_TARGETS.values():
@@ -742,7 +769,8 @@ def report(results: dict[str, dict[str, Series]], seconds: float, repeats: int, 
             break
     print()
     print(f"Machine: {cpu} CPUs, {model}; wrk -t1 -c{args.connections}, {seconds:g}s per run, "
-          f"{repeats} interleaved repeat(s); ficus --threads {args.threads}; medians shown.")
+          f"{repeats} interleaved repeat(s); ficus --threads {args.threads}; medians shown."
+          + (" Pinned: the proxy on CPU 0, wrk and the backends on CPU 1." if args.pin else ""))
     print()
     print("| scenario | target | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | errors | vs nginx | vs haproxy | notes |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
