@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::net::IpAddr;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -234,15 +234,19 @@ pub fn new_request_id() -> HeaderValue {
     thread_local! {
         static BLOCK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
     }
-    let bits = fastrand::u128(..).to_le_bytes();
+    let mut text = [0u8; ID_LEN];
+    for (pair, byte) in text
+        .chunks_exact_mut(2)
+        .zip(fastrand::u128(..).to_le_bytes())
+    {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
+    }
     let id = BLOCK.with_borrow_mut(|block| {
         if block.capacity() < ID_LEN {
             *block = BytesMut::with_capacity(ID_LEN * ID_BLOCK);
         }
-        for byte in bits {
-            block.put_u8(HEX[usize::from(byte >> 4)]);
-            block.put_u8(HEX[usize::from(byte & 0xf)]);
-        }
+        block.extend_from_slice(&text);
         block.split().freeze()
     });
     // Hex digits are always a valid header value.
