@@ -1,8 +1,9 @@
 //! Header rewriting: hop-by-hop removal and forwarding headers.
 //!
-//! Pure functions over `HeaderMap`, applied in both directions.
+//! Pure functions over a message's [`Fields`], applied in both directions.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 use bytes::BytesMut;
@@ -77,13 +78,10 @@ fn is_forwarding(name: &[u8]) -> bool {
     }
 }
 
-/// Names a forwarding proxy must never let `Connection` remove: ficus sets them itself.
-fn is_protected(name: &HeaderName) -> bool {
-    name == X_FORWARDED_FOR
-        || name == X_FORWARDED_PROTO
-        || name == X_FORWARDED_HOST
-        || name == X_REQUEST_ID
-        || name == header::HOST
+/// Names a forwarding proxy must never let `Connection` remove (given in lower case):
+/// ficus sets them itself.
+fn is_protected(name: &[u8]) -> bool {
+    is_forwarding(name) || name == header::HOST.as_str().as_bytes()
 }
 
 /// Removes a response's hop-by-hop fields: every name listed in any `Connection` line,
@@ -113,16 +111,29 @@ fn strip(fields: &mut Fields, request: bool) {
         return;
     }
     let listed = connection_listed(fields.get_all(header::CONNECTION.as_str()));
+    let mut lower = Vec::new();
     fields.remove_where(|name| {
-        is_hop_by_hop(name) || shadow(name) || listed.iter().any(|l| is_named(name, l.as_str()))
+        if is_hop_by_hop(name) || shadow(name) {
+            return true;
+        }
+        if listed.is_empty() {
+            return false;
+        }
+        lower.clear();
+        lower.extend(name.iter().map(u8::to_ascii_lowercase));
+        listed.contains(&lower)
     });
 }
 
-/// The names `Connection` values list, lower case, except those ficus sets itself.
-fn connection_listed<'v>(values: impl Iterator<Item = &'v [u8]>) -> Vec<HeaderName> {
+/// The names `Connection` values list, lower case, except those ficus sets itself. A
+/// set, so that each line is looked up once however many names a client lists (and
+/// keyed by the standard library's random hash, as a client chooses them).
+fn connection_listed<'v>(values: impl Iterator<Item = &'v [u8]>) -> HashSet<Vec<u8>> {
     values
         .flat_map(|v| v.split(|&b| b == b','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
+        .map(<[u8]>::trim_ascii)
+        .filter(|name| !name.is_empty())
+        .map(<[u8]>::to_ascii_lowercase)
         .filter(|name| !is_protected(name))
         .collect()
 }
@@ -255,8 +266,9 @@ pub fn new_request_id() -> HeaderValue {
 
 /// Length of a request id ficus makes.
 const ID_LEN: usize = 32;
-/// Request ids per allocated block.
-const ID_BLOCK: usize = 128;
+/// Request ids per allocated block. Small, because an id that lives long (the answer
+/// to a long-lived stream carries it) keeps its whole block allocated.
+const ID_BLOCK: usize = 16;
 
 #[cfg(test)]
 mod tests {
@@ -333,13 +345,40 @@ mod tests {
 
         let mut request = map(&[
             ("connection", "close, X-Secret"),
-            ("x-secret", "1"),
-            ("x-ficus-shadow", "1"),
+            ("X-SECRET", "1"),
+            ("X-Ficus-Shadow", "1"),
             ("upgrade", "websocket"),
             ("x-kept", "1"),
         ]);
         strip_request(&mut request);
         assert_eq!(names(&request), ["x-kept"]);
+    }
+
+    #[test]
+    fn a_long_connection_list_removes_exactly_the_lines_it_names() {
+        // A client may list thousands of names: each line is looked up once.
+        let mut listed: Vec<String> = (0..5_000).map(|i| format!("X-L{i}")).collect();
+        listed.push("x-forwarded-for".to_owned());
+        let mut pairs = vec![("Connection".to_owned(), listed.join(", "))];
+        for i in (0..10_000).step_by(1_000) {
+            pairs.push((format!("x-l{i}"), "1".to_owned()));
+        }
+        pairs.push(("X-Forwarded-For".to_owned(), "10.0.0.1".to_owned()));
+        pairs.push(("x-l4999".to_owned(), "1".to_owned()));
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+        let mut request = map(&pairs);
+        strip_request(&mut request);
+        assert_eq!(
+            names(&request),
+            [
+                "x-l5000",
+                "x-l6000",
+                "x-l7000",
+                "x-l8000",
+                "x-l9000",
+                "X-Forwarded-For"
+            ]
+        );
     }
 
     #[test]
