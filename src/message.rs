@@ -45,25 +45,16 @@ impl<B> Call<B> {
     /// HTTP/2, are joined into one, as HTTP/1.1 upstreams expect (RFC 9113 §8.2.3).
     pub fn from_http2(request: Request<B>) -> Self {
         let (parts, body) = request.into_parts();
-        let mut headers = parts.headers;
-        let mut cookies = headers.get_all(COOKIE).iter();
-        if let (Some(first), Some(_)) = (cookies.next(), cookies.next()) {
-            let mut joined = BytesMut::from(first.as_bytes());
-            for cookie in headers.get_all(COOKIE).iter().skip(1) {
-                joined.extend_from_slice(b"; ");
-                joined.extend_from_slice(cookie.as_bytes());
-            }
-            // Joined valid values with "; " make a valid value.
-            if let Ok(value) = HeaderValue::from_maybe_shared(joined.freeze()) {
-                headers.insert(COOKIE, value);
-            }
+        let mut fields = Fields::from_map(parts.headers);
+        if fields.get_all(COOKIE.as_str()).nth(1).is_some() {
+            fields.join_cookies();
         }
         Call {
             head: Head {
                 method: parts.method,
                 uri: parts.uri,
                 version: parts.version,
-                fields: Fields::from_map(headers),
+                fields,
             },
             body,
         }
@@ -298,6 +289,22 @@ impl Fields {
     pub fn insert(&mut self, name: HeaderName, value: HeaderValue) {
         self.remove(name.as_str());
         self.append(name, value);
+    }
+
+    /// Joins every Cookie field into one, after the others (`a=1; b=2`): HTTP/1.1
+    /// upstreams expect one line (RFC 6265 §5.4), and HTTP/2 sends a field per cookie.
+    pub fn join_cookies(&mut self) {
+        let mut joined = BytesMut::new();
+        for cookie in self.get_all(COOKIE.as_str()) {
+            if !joined.is_empty() {
+                joined.extend_from_slice(b"; ");
+            }
+            joined.extend_from_slice(cookie);
+        }
+        // Valid values joined with "; " make a valid value.
+        if let Ok(value) = HeaderValue::from_maybe_shared(joined.freeze()) {
+            self.insert(COOKIE, value);
+        }
     }
 
     /// The fields as a header map (names in lower case). A received line whose

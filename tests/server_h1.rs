@@ -7,6 +7,7 @@ mod support;
 use support::*;
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -244,6 +245,8 @@ struct RawUpstream {
     addr: SocketAddr,
     /// Request heads received so far.
     arrivals: watch::Receiver<usize>,
+    /// Their bytes, as they came.
+    heads: Arc<Mutex<Vec<String>>>,
     /// Connections ended so far.
     ended: watch::Receiver<usize>,
 }
@@ -256,16 +259,20 @@ impl RawUpstream {
         let addr = listener.local_addr().expect("upstream addr");
         let (arrivals_tx, arrivals) = watch::channel(0usize);
         let (ended_tx, ended) = watch::channel(0usize);
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let recorded = heads.clone();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 let (arrivals_tx, ended_tx) = (arrivals_tx.clone(), ended_tx.clone());
+                let recorded = recorded.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
                     while let Ok(n @ 1..) = stream.read(&mut chunk).await {
                         buf.extend_from_slice(&chunk[..n]);
                         while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            buf.drain(..i + 4);
+                            let head: Vec<u8> = buf.drain(..i + 4).collect();
+                            recorded.lock().unwrap().push(lossy(&head));
                             arrivals_tx.send_modify(|n| *n += 1);
                             if let Some(answer) = answer {
                                 let _ = stream.write_all(answer).await;
@@ -279,6 +286,7 @@ impl RawUpstream {
         RawUpstream {
             addr,
             arrivals,
+            heads,
             ended,
         }
     }
@@ -956,6 +964,75 @@ async fn an_upstreams_fields_reach_the_client_in_order_and_case_without_hop_by_h
     );
     assert_eq!(reply.values("set-cookie"), ["a=1", "b=2"]);
     assert_eq!(reply.header("x-request-id").map(str::len), Some(32));
+}
+
+#[tokio::test]
+async fn a_clients_fields_reach_the_upstream_as_sent_with_ficus_own_framing_and_cookies() {
+    let raw = RawUpstream::start(Some(b"HTTP/1.1 204 No Content\r\n\r\n")).await;
+    let proxy = TestProxy::start(&format!(
+        "default = \"legacy\"\n{}",
+        upstream("legacy", raw.addr)
+    ))
+    .await;
+    let mut client = Client::connect(&proxy).await;
+    client
+        .send(
+            b"POST /x HTTP/1.1\r\nHost: shop\r\nCONTENT-LENGTH:\t005\r\nCookie: a=1\r\n\
+              X-Ficus-Shadow: 1\r\nX-Keep:  Mixed Case\r\ncookie: b=2\r\nExpect: 100-continue\r\n\r\nhello",
+        )
+        .await;
+    // The interim answer, then the upstream's.
+    assert_eq!(client.response("POST").await.status(), 100);
+    assert_eq!(client.response("POST").await.status(), 204);
+    raw.wait_for_arrivals(1).await;
+    let head = raw.heads.lock().unwrap()[0].clone();
+    let lines: Vec<&str> = head.split("\r\n").filter(|l| !l.is_empty()).collect();
+    // The client's own lines as it wrote them, then ficus's: its length line, the
+    // cookies joined, the forwarding fields. No shadow mark, no Expect.
+    assert_eq!(
+        lines[..3],
+        ["POST /x HTTP/1.1", "Host: shop", "X-Keep:  Mixed Case"],
+        "{head:?}"
+    );
+    assert_eq!(
+        lines[3..5],
+        ["content-length: 5", "cookie: a=1; b=2"],
+        "{head:?}"
+    );
+    let names: Vec<String> = lines[5..]
+        .iter()
+        .map(|l| l.split(':').next().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-request-id",
+            "x-forwarded-host"
+        ],
+        "{head:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_502_for_a_body_broken_at_once_carries_the_clients_odd_request_id_as_json() {
+    let broken = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nnot a chunk size\r\n";
+    let raw = RawUpstream::start(Some(broken)).await;
+    let proxy = TestProxy::start(&format!(
+        "default = \"legacy\"\n{}",
+        upstream("legacy", raw.addr)
+    ))
+    .await;
+    let mut client = Client::connect(&proxy).await;
+    client
+        .send(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Request-Id: a\"b\\c\r\n\r\n")
+        .await;
+    let reply = client.response("GET").await;
+    assert_eq!(reply.status(), 502, "{reply:?}");
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).expect("a JSON body");
+    assert_eq!(body["error"], "upstream_protocol");
+    assert_eq!(body["request_id"], "a\"b\\c");
 }
 
 #[tokio::test]

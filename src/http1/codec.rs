@@ -299,8 +299,11 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// Whether the client sent `Expect: 100-continue`.
     pub expect_continue: bool,
-    /// Content-Length came as a list or repeated (`5, 5`): the upstream gets it once.
-    pub length_repeated: bool,
+    /// The client sent a Content-Length (valid, and maybe as `5, 5`): the upstream gets
+    /// ficus's own line for it, never the client's spacing, case or repetition.
+    pub length_given: bool,
+    /// The client sent more than one Cookie line: the upstream gets them joined.
+    pub cookies_repeated: bool,
 }
 
 /// What framing needs from a message's header lines, gathered as httparse returns
@@ -318,6 +321,8 @@ struct Facts {
     close: bool,
     keep_alive: bool,
     expect_continue: bool,
+    /// Cookie lines seen.
+    cookies: u32,
 }
 
 impl Facts {
@@ -355,6 +360,7 @@ impl Facts {
             6 if name.eq_ignore_ascii_case(b"expect") => {
                 self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
             }
+            6 if name.eq_ignore_ascii_case(b"cookie") => self.cookies += 1,
             _ => {}
         }
     }
@@ -462,7 +468,8 @@ pub fn parse_request_head(
         body,
         keep_alive: facts.keeps_alive(version),
         expect_continue: facts.expect_continue,
-        length_repeated: facts.length_items > 1,
+        length_given: facts.length_items > 0,
+        cookies_repeated: facts.cookies > 1,
     }))
 }
 

@@ -424,8 +424,8 @@ fn keep_alive_follows_the_version_and_connection_tokens() {
 fn request_body_framing_is_read_from_the_raw_lines() {
     use RequestBodyLength::*;
     let ok = [
-        ("Content-Length: 5\r\n", Length(5), false),
-        ("Content-Length: 0\r\n", Empty, false),
+        ("Content-Length: 5\r\n", Length(5), true),
+        ("Content-Length: 0\r\n", Empty, true),
         ("Content-Length: 5, 5\r\n", Length(5), true),
         (
             "Content-Length: 5\r\nContent-Length: 5\r\n",
@@ -434,12 +434,16 @@ fn request_body_framing_is_read_from_the_raw_lines() {
         ),
         ("Transfer-Encoding: chunked\r\n", Chunked, false),
         ("Transfer-Encoding: Chunked\r\n", Chunked, false),
+        ("X-A: 1\r\n", Empty, false),
     ];
-    for (fields, body, repeated) in ok {
+    for (fields, body, given) in ok {
         let head = complete(&format!("POST / HTTP/1.1\r\n{fields}\r\n"));
         assert_eq!(head.body, body, "{fields:?}");
-        assert_eq!(head.length_repeated, repeated, "{fields:?}");
+        assert_eq!(head.length_given, given, "{fields:?}");
     }
+    let cookies = complete("GET / HTTP/1.1\r\nCookie: a=1\r\nCOOKIE: b=2\r\n\r\n");
+    assert!(cookies.cookies_repeated);
+    assert!(!complete("GET / HTTP/1.1\r\nCookie: a=1\r\n\r\n").cookies_repeated);
     let refused = [
         ("Content-Length: 5, 6\r\n", "malformed"),
         ("Content-Length: 5\r\nContent-Length: 6\r\n", "malformed"),

@@ -175,10 +175,11 @@ pub fn poll_read_growing<R: AsyncRead + Unpin>(
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
     if buf.is_empty() {
-        // Start over at the front of the buffer when nothing else holds it (a head
-        // split off it has been dropped): reads then land on cache lines just used, not
-        // ever further into the buffer (perf: the kernel's copy into a cold buffer cost
-        // about 150 ns more per request). When it cannot, nothing changes.
+        // An empty buffer without room for the read starts over at its front when
+        // nothing else holds it (the heads split off it have been dropped), instead of
+        // reading ever further into it or allocating: reads then land on cache lines
+        // just used (perf: the kernel's copy into a cold buffer cost about 150 ns more
+        // per request). With room, or still shared, nothing changes here.
         let _ = buf.try_reclaim(*read_size);
     }
     if buf.capacity() - buf.len() < *read_size / 2 {

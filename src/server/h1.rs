@@ -372,7 +372,8 @@ impl Conn<'_> {
             mut head,
             body: length,
             expect_continue,
-            length_repeated,
+            length_given,
+            cookies_repeated,
             ..
         } = head;
         if expect_continue {
@@ -380,14 +381,18 @@ impl Conn<'_> {
             // upstream must not wait for a body or answer 100 on its own.
             head.fields.remove(EXPECT.as_str());
         }
-        if length_repeated {
-            // `5, 5`, or two fields of 5 (anything else was refused): one length,
-            // written once, as upstreams expect.
+        if length_given {
+            // ficus frames the body by this length, so it writes the line itself: the
+            // client's spacing, case or `5, 5` (anything else was refused) never reach an
+            // upstream that might read them differently.
             let n = match length {
                 RequestBodyLength::Length(n) => n,
                 _ => 0,
             };
             head.fields.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        if cookies_repeated {
+            head.fields.join_cookies();
         }
         let mut returned = None;
         let mut expect = None;
@@ -610,13 +615,13 @@ impl Conn<'_> {
     async fn answer_alone(&mut self, status: StatusCode, request_id: Option<&[u8]>) -> bool {
         let mut body = Vec::new();
         if status == StatusCode::BAD_GATEWAY {
-            body.extend_from_slice(br#"{"error":"upstream_protocol""#);
+            // Built by serde_json, as `ProxyError::to_reply` does: a client's own id may
+            // hold `"` or `\`.
+            let mut error = serde_json::json!({ "error": "upstream_protocol" });
             if let Some(id) = request_id {
-                body.extend_from_slice(br#","request_id":""#);
-                body.extend_from_slice(id);
-                body.push(b'"');
+                error["request_id"] = String::from_utf8_lossy(id).into();
             }
-            body.extend_from_slice(b"}");
+            body = error.to_string().into_bytes();
         }
         let date = http_date();
         let mut digits = [0u8; 20];
