@@ -266,9 +266,12 @@ pub fn new_request_id() -> HeaderValue {
 
 /// Length of a request id ficus makes.
 const ID_LEN: usize = 32;
-/// Request ids per allocated block. Small, because an id that lives long (the answer
-/// to a long-lived stream carries it) keeps its whole block allocated.
-const ID_BLOCK: usize = 16;
+/// Request ids per allocated block (4 KiB). An id that lives long keeps its whole block
+/// allocated, so nothing keeps one for a long answer's life: the HTTP/1.1 server drops
+/// its copy once the answer's head has gone out, and for HTTP/2 it is only in the head
+/// hyper encodes (a shadow's copy lives until the shadow ends, within its timeout).
+/// (With 16 ids per block, callgrind counted 370 more instructions per request.)
+const ID_BLOCK: usize = 128;
 
 #[cfg(test)]
 mod tests {

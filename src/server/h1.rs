@@ -486,7 +486,7 @@ impl Conn<'_> {
             status,
             reason,
             mut fields,
-            request_id,
+            mut request_id,
             body,
         } = response;
         let exact = http_body::Body::size_hint(&body).exact();
@@ -538,6 +538,12 @@ impl Conn<'_> {
         let written = poll_fn(|cx| {
             if let Poll::Ready(written) = writer.poll_write(&mut self.queue, &mut self.write, cx) {
                 return Poll::Ready(written);
+            }
+            // An answer still streaming may last for hours. Its request id shares a
+            // block with others (`headers::new_request_id`), and is needed only until
+            // the head has gone out.
+            if !self.queue.head_unsent() {
+                request_id = None;
             }
             let written = self.queue.written();
             let since = match progress {
