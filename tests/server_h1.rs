@@ -308,6 +308,16 @@ impl RawUpstream {
     }
 }
 
+/// ficus with one upstream, `legacy`, the default: `raw`; `server` is table text to put
+/// before it (a `[server]` section).
+async fn proxy_to_raw(raw: &RawUpstream, server: &str) -> TestProxy {
+    let table = format!(
+        "default = \"legacy\"\n{server}{}",
+        upstream("legacy", raw.addr)
+    );
+    TestProxy::start(&table).await
+}
+
 /// `[upstreams.NAME]` at `addr`.
 fn upstream(name: &str, addr: SocketAddr) -> String {
     format!("[upstreams.{name}]\nendpoints = [\"http://{addr}\"]\n")
@@ -539,11 +549,7 @@ async fn http_1_0_response_of_unknown_length_is_delimited_by_close() {
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
     ))
     .await;
-    let proxy = TestProxy::start(&format!(
-        "default = \"legacy\"\n{}",
-        upstream("legacy", chunked.addr)
-    ))
-    .await;
+    let proxy = proxy_to_raw(&chunked, "").await;
 
     // Asking for keep-alive changes nothing: without a length the close ends the body.
     for (case, request) in [
@@ -805,11 +811,7 @@ async fn a_broken_answer_to_an_http_1_0_client_ends_in_a_reset_not_a_clean_close
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n",
     ))
     .await;
-    let proxy = TestProxy::start(&format!(
-        "default = \"legacy\"\n{}",
-        upstream("legacy", upstream_addr.addr)
-    ))
-    .await;
+    let proxy = proxy_to_raw(&upstream_addr, "").await;
     let mut client = Client::connect(&proxy).await;
 
     client.send(b"GET /x HTTP/1.0\r\nHost: x\r\n\r\n").await;
@@ -840,11 +842,7 @@ async fn http_1_0_client_sees_the_early_answers_end_at_once_while_its_upload_goe
     ))
     .await;
     // Were the end to wait for the upload, it would come at the idle timeout.
-    let proxy = TestProxy::start(&format!(
-        "default = \"legacy\"\n[server]\nidle_timeout = \"30s\"\n{}",
-        upstream("legacy", early.addr)
-    ))
-    .await;
+    let proxy = proxy_to_raw(&early, "[server]\nidle_timeout = \"30s\"\n").await;
     let mut client = Client::connect(&proxy).await;
 
     client
@@ -915,11 +913,7 @@ async fn an_upstreams_repeated_length_is_relayed_once_and_a_204_has_none() {
     ];
     for (answer, case, length) in cases {
         let raw = RawUpstream::start(Some(answer)).await;
-        let proxy = TestProxy::start(&format!(
-            "default = \"legacy\"\n{}",
-            upstream("legacy", raw.addr)
-        ))
-        .await;
+        let proxy = proxy_to_raw(&raw, "").await;
         let mut client = Client::connect(&proxy).await;
         client.send(&get("/x")).await;
         let reply = client.response("GET").await;
@@ -938,11 +932,7 @@ async fn an_upstreams_fields_reach_the_client_in_order_and_case_without_hop_by_h
         Keep-Alive: timeout=5\r\n\
         set-cookie: b=2\r\nContent-Length: 2\r\n\r\nhi";
     let raw = RawUpstream::start(Some(answer)).await;
-    let proxy = TestProxy::start(&format!(
-        "default = \"legacy\"\n{}",
-        upstream("legacy", raw.addr)
-    ))
-    .await;
+    let proxy = proxy_to_raw(&raw, "").await;
     let mut client = Client::connect(&proxy).await;
     client.send(&get("/x")).await;
     let reply = client.response("GET").await;
@@ -969,11 +959,7 @@ async fn an_upstreams_fields_reach_the_client_in_order_and_case_without_hop_by_h
 #[tokio::test]
 async fn a_clients_fields_reach_the_upstream_as_sent_with_ficus_own_framing_and_cookies() {
     let raw = RawUpstream::start(Some(b"HTTP/1.1 204 No Content\r\n\r\n")).await;
-    let proxy = TestProxy::start(&format!(
-        "default = \"legacy\"\n{}",
-        upstream("legacy", raw.addr)
-    ))
-    .await;
+    let proxy = proxy_to_raw(&raw, "").await;
     let mut client = Client::connect(&proxy).await;
     client
         .send(
@@ -1019,11 +1005,7 @@ async fn a_clients_fields_reach_the_upstream_as_sent_with_ficus_own_framing_and_
 async fn a_502_for_a_body_broken_at_once_carries_the_clients_odd_request_id_as_json() {
     let broken = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nnot a chunk size\r\n";
     let raw = RawUpstream::start(Some(broken)).await;
-    let proxy = TestProxy::start(&format!(
-        "default = \"legacy\"\n{}",
-        upstream("legacy", raw.addr)
-    ))
-    .await;
+    let proxy = proxy_to_raw(&raw, "").await;
     let mut client = Client::connect(&proxy).await;
     client
         .send(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Request-Id: a\"b\\c\r\n\r\n")
@@ -1040,11 +1022,7 @@ async fn an_answer_that_stops_moving_is_cut_at_stream_idle_timeout() {
     // 3 bytes of 100, then nothing: the upstream keeps its connection open.
     let stalled =
         RawUpstream::start(Some(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")).await;
-    let proxy = TestProxy::start(&format!(
-        "default = \"legacy\"\n[server]\nstream_idle_timeout = \"1s\"\n{}",
-        upstream("legacy", stalled.addr)
-    ))
-    .await;
+    let proxy = proxy_to_raw(&stalled, "[server]\nstream_idle_timeout = \"1s\"\n").await;
     let mut client = Client::connect(&proxy).await;
     let start = tokio::time::Instant::now();
 

@@ -277,14 +277,19 @@ const ID_BLOCK: usize = 128;
 mod tests {
     use super::*;
 
-    /// A request's fields as the server receives them.
-    fn map(pairs: &[(&str, &str)]) -> Fields {
-        let mut head = String::from("GET / HTTP/1.1\r\n");
+    /// A head: `start` (a request or status line), the fields, the empty line.
+    fn head(start: &str, pairs: &[(&str, &str)]) -> bytes::BytesMut {
+        let mut head = format!("{start}\r\n");
         for (name, value) in pairs {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
         head.push_str("\r\n");
-        let mut buf = bytes::BytesMut::from(head.as_bytes());
+        bytes::BytesMut::from(head.as_bytes())
+    }
+
+    /// A request's fields as the server receives them.
+    fn map(pairs: &[(&str, &str)]) -> Fields {
+        let mut buf = head("GET / HTTP/1.1", pairs);
         crate::http1::codec::parse_request_head(&mut buf, 64 * 1024)
             .unwrap()
             .unwrap()
@@ -308,12 +313,7 @@ mod tests {
 
     /// A response's fields as the upstream client receives them.
     fn received(pairs: &[(&str, &str)]) -> Fields {
-        let mut head = String::from("HTTP/1.1 200 OK\r\n");
-        for (name, value) in pairs {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        let mut buf = bytes::BytesMut::from(head.as_bytes());
+        let mut buf = head("HTTP/1.1 200 OK", pairs);
         crate::http1::codec::parse_response_head(&mut buf)
             .unwrap()
             .unwrap()
