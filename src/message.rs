@@ -1,5 +1,6 @@
-//! Messages as ficus relays them: header fields kept as they arrived, and the
-//! response ([`Reply`]) that carries them to the client.
+//! Messages as ficus relays them: header fields kept as they arrived ([`Fields`]), a
+//! request ([`Call`]: its [`Head`] and body) and a response on its way to the client
+//! ([`Reply`]). HTTP/2 requests and answers are converted at hyper's edge.
 //!
 //! An HTTP/1.1 head is read into one buffer; [`Fields`] keeps that buffer and where
 //! each line's name and value sit in it, instead of copying every field into an
