@@ -77,11 +77,8 @@ impl ProxyError {
 
     /// The reply: a short JSON body naming the error kind and the request id, no internals.
     pub fn to_reply(&self, request_id: &HeaderValue) -> Reply<Full<Bytes>> {
-        let body = serde_json::json!({
-            "error": self.kind(),
-            "request_id": String::from_utf8_lossy(request_id.as_bytes()),
-        });
-        let mut reply = Reply::new(self.status(), Full::new(Bytes::from(body.to_string())));
+        let body = json_body(self.kind(), Some(request_id.as_bytes()));
+        let mut reply = Reply::new(self.status(), Full::new(Bytes::from(body)));
         reply.fields.append(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -91,6 +88,16 @@ impl ProxyError {
             .append(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         reply
     }
+}
+
+/// The JSON body of ficus's own error answers: the closed error kind and the request id.
+/// Built by serde_json, as a client's own id may hold `"` or `\`.
+pub fn json_body(kind: &str, request_id: Option<&[u8]>) -> String {
+    let mut body = serde_json::json!({ "error": kind });
+    if let Some(id) = request_id {
+        body["request_id"] = String::from_utf8_lossy(id).into();
+    }
+    body.to_string()
 }
 
 /// Turns a failed upstream exchange into whose fault it was: the client's body

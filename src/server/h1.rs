@@ -621,13 +621,7 @@ impl Conn<'_> {
     async fn answer_alone(&mut self, status: StatusCode, request_id: Option<&[u8]>) -> bool {
         let mut body = Vec::new();
         if status == StatusCode::BAD_GATEWAY {
-            // Built by serde_json, as `ProxyError::to_reply` does: a client's own id may
-            // hold `"` or `\`.
-            let mut error = serde_json::json!({ "error": "upstream_protocol" });
-            if let Some(id) = request_id {
-                error["request_id"] = String::from_utf8_lossy(id).into();
-            }
-            body = error.to_string().into_bytes();
+            body = proxy::error::json_body("upstream_protocol", request_id).into_bytes();
         }
         let date = http_date();
         let mut digits = [0u8; 20];
