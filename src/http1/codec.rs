@@ -564,7 +564,7 @@ fn parse_digits(bytes: &[u8]) -> Option<u64> {
 }
 
 /// Takes what `buf` holds of a body with `left` bytes to go, counting it off `left`.
-pub fn take_length(buf: &mut BytesMut, left: &mut u64) -> Bytes {
+fn take_length(buf: &mut BytesMut, left: &mut u64) -> Bytes {
     let take = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
     *left -= take as u64;
     buf.split_to(take).freeze()
@@ -581,6 +581,57 @@ pub enum Decoded {
     End,
     /// More bytes are needed.
     NeedMore,
+}
+
+/// Where a body read from a connection's buffer stands: so many bytes to go, chunked,
+/// until the peer closes, or ended. Shared by the server's request bodies and the
+/// upstream client's answers; each does its own I/O and decides what an end means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyDecoder {
+    /// This many bytes to go.
+    Length(u64),
+    /// Chunked coding.
+    Chunked(Chunked),
+    /// Everything until the peer closes the connection.
+    UntilClose,
+    /// Ended.
+    Done,
+}
+
+impl BodyDecoder {
+    /// Decodes what `buf` holds of the body. A body whose last length byte this takes is
+    /// `Done` afterwards (the data is still returned).
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ProtocolError> {
+        match self {
+            BodyDecoder::Done => Ok(Decoded::End),
+            BodyDecoder::Length(_) | BodyDecoder::UntilClose if buf.is_empty() => {
+                Ok(Decoded::NeedMore)
+            }
+            BodyDecoder::Length(left) => {
+                let data = take_length(buf, left);
+                if *left == 0 {
+                    *self = BodyDecoder::Done;
+                }
+                Ok(Decoded::Data(data))
+            }
+            BodyDecoder::Chunked(state) => state.decode(buf),
+            BodyDecoder::UntilClose => Ok(Decoded::Data(buf.split().freeze())),
+        }
+    }
+
+    /// Whether the body has ended.
+    pub fn is_done(&self) -> bool {
+        *self == BodyDecoder::Done
+    }
+
+    /// How many bytes are left, when that is known.
+    pub fn exact(&self) -> Option<u64> {
+        match self {
+            BodyDecoder::Done => Some(0),
+            BodyDecoder::Length(n) => Some(*n),
+            BodyDecoder::Chunked(_) | BodyDecoder::UntilClose => None,
+        }
+    }
 }
 
 /// Incremental decoder of a chunked body (RFC 9112 §7.1).

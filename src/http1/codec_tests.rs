@@ -539,3 +539,27 @@ fn control_bytes_in_a_field_value_are_refused_both_ways() {
     // Tabs and bytes past ASCII (obs-text) are field content.
     assert!(head("HTTP/1.1 200 OK\r\nX-A: a\tbé\r\n\r\n").is_ok());
 }
+
+#[test]
+fn a_body_decoder_takes_its_length_across_reads_and_then_is_done() {
+    let mut body = BodyDecoder::Length(5);
+    let mut buf = BytesMut::new();
+    assert_eq!(body.decode(&mut buf), Ok(Decoded::NeedMore));
+    buf.extend_from_slice(b"hel");
+    assert_eq!(body.decode(&mut buf), Ok(Decoded::Data(Bytes::from("hel"))));
+    assert_eq!(body.exact(), Some(2));
+    buf.extend_from_slice(b"loNEXT");
+    assert_eq!(body.decode(&mut buf), Ok(Decoded::Data(Bytes::from("lo"))));
+    assert!(body.is_done());
+    assert_eq!(body.decode(&mut buf), Ok(Decoded::End));
+    assert_eq!(&buf[..], b"NEXT", "bytes past the body stay");
+
+    let mut until_close = BodyDecoder::UntilClose;
+    assert_eq!(until_close.exact(), None);
+    assert_eq!(
+        until_close.decode(&mut buf),
+        Ok(Decoded::Data(Bytes::from("NEXT")))
+    );
+    assert_eq!(until_close.decode(&mut buf), Ok(Decoded::NeedMore));
+    assert!(!until_close.is_done());
+}

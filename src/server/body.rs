@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::oneshot;
 
-use crate::http1::codec::{self, Chunked, Decoded};
+use crate::http1::codec::{BodyDecoder, Chunked, Decoded};
 use crate::http1::wire::{self, FIRST_READ};
 
 /// Why a client's request body could not be read.
@@ -134,21 +134,13 @@ impl Continue {
     }
 }
 
-/// What is left of an HTTP/1.1 request body.
-#[derive(Debug, Clone, Copy)]
-enum Remaining {
-    Length(u64),
-    Chunked(Chunked),
-    Done,
-    /// Broke off: every later poll fails too.
-    Failed,
-}
-
 /// An HTTP/1.1 request body, read from the client's connection as it is polled.
 #[derive(Debug)]
 pub struct Http1Body {
     reader: Option<Reader>,
-    remaining: Remaining,
+    remaining: BodyDecoder,
+    /// Broke off: every later poll fails too.
+    failed: bool,
     back: Option<oneshot::Sender<Returned>>,
     /// Asked for on the first poll, then dropped.
     expect: Option<Arc<Continue>>,
@@ -165,12 +157,13 @@ impl Http1Body {
         expect: Option<Arc<Continue>>,
     ) -> Self {
         let remaining = match length {
-            Some(n) => Remaining::Length(n),
-            None => Remaining::Chunked(Chunked::Size),
+            Some(n) => BodyDecoder::Length(n),
+            None => BodyDecoder::Chunked(Chunked::Size),
         };
         Http1Body {
             reader: Some(reader),
             remaining,
+            failed: false,
             back: Some(back),
             expect,
         }
@@ -179,7 +172,7 @@ impl Http1Body {
     /// Hands the reader back to the connection.
     fn give_back(&mut self, finished: bool) {
         if finished {
-            self.remaining = Remaining::Done;
+            self.remaining = BodyDecoder::Done;
         }
         if let (Some(reader), Some(back)) = (self.reader.take(), self.back.take()) {
             // The connection may be gone already; then so is the reader.
@@ -189,7 +182,7 @@ impl Http1Body {
 
     fn fail(&mut self, error: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.give_back(false);
-        self.remaining = Remaining::Failed;
+        self.failed = true;
         Poll::Ready(Some(Err(error)))
     }
 }
@@ -213,29 +206,23 @@ impl Body for Http1Body {
             expect.wanted.store(true, Ordering::Relaxed);
         }
         loop {
-            if let Remaining::Failed = this.remaining {
+            if this.failed {
                 return Poll::Ready(Some(Err("the request body broke off".into())));
             }
             let Some(reader) = this.reader.as_mut() else {
                 return Poll::Ready(None);
             };
-            let decoded = match &mut this.remaining {
-                Remaining::Done | Remaining::Failed => Decoded::End,
-                Remaining::Length(_) if reader.buf.is_empty() => Decoded::NeedMore,
-                Remaining::Length(left) => {
-                    let data = codec::take_length(&mut reader.buf, left);
-                    if *left == 0 {
+            let decoded = match this.remaining.decode(&mut reader.buf) {
+                Ok(decoded) => decoded,
+                Err(e) => return this.fail(e.into()),
+            };
+            match decoded {
+                Decoded::Data(data) => {
+                    if this.remaining.is_done() {
                         this.give_back(true);
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Remaining::Chunked(state) => match state.decode(&mut reader.buf) {
-                    Ok(decoded) => decoded,
-                    Err(e) => return this.fail(e.into()),
-                },
-            };
-            match decoded {
-                Decoded::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                 Decoded::Trailers(trailers) => {
                     this.give_back(true);
                     return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
@@ -259,14 +246,13 @@ impl Body for Http1Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.remaining, Remaining::Done)
+        !self.failed && self.remaining.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.remaining {
-            Remaining::Done => SizeHint::with_exact(0),
-            Remaining::Length(n) => SizeHint::with_exact(n),
-            Remaining::Chunked(_) | Remaining::Failed => SizeHint::default(),
+        match self.remaining.exact() {
+            Some(n) if !self.failed => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
         }
     }
 }

@@ -18,7 +18,9 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
 use super::{EndpointPool, RequestBody, SendError};
-use crate::http1::codec::{self, Chunked, Decoded, Field, ResponseFraming, ResponseHead};
+use crate::http1::codec::{
+    self, BodyDecoder, Chunked, Decoded, Field, ResponseFraming, ResponseHead,
+};
 use crate::http1::wire::{self, BodyWriter, FIRST_READ, Framing, WriteError, WriteQueue};
 use crate::message::{Head, Reply};
 
@@ -197,15 +199,6 @@ pub async fn exchange(
     .await
 }
 
-/// What is left of a response body to read.
-#[derive(Debug, Clone, Copy)]
-enum Remaining {
-    Length(u64),
-    Chunked(Chunked),
-    UntilClose,
-    Done,
-}
-
 /// A response body streamed from an upstream connection. Once read to its end,
 /// the connection goes back to its pool if it can carry another exchange;
 /// dropped earlier, the connection is closed.
@@ -213,7 +206,7 @@ pub struct UpstreamBody {
     conn: Option<Box<Connection>>,
     /// An upload the upstream answered before it ended.
     writer: Option<Box<RequestWriter>>,
-    remaining: Remaining,
+    remaining: BodyDecoder,
     reusable: bool,
     pool: Option<Arc<EndpointPool>>,
 }
@@ -238,10 +231,10 @@ impl UpstreamBody {
     ) -> Result<Self, SendError> {
         let (framing, reusable) = codec::response_framing(method, head)?;
         let remaining = match framing {
-            ResponseFraming::Length(0) => Remaining::Done,
-            ResponseFraming::Length(n) => Remaining::Length(n),
-            ResponseFraming::Chunked => Remaining::Chunked(Chunked::Size),
-            ResponseFraming::Close => Remaining::UntilClose,
+            ResponseFraming::Length(0) => BodyDecoder::Done,
+            ResponseFraming::Length(n) => BodyDecoder::Length(n),
+            ResponseFraming::Chunked => BodyDecoder::Chunked(Chunked::Size),
+            ResponseFraming::Close => BodyDecoder::UntilClose,
         };
         let mut body = UpstreamBody {
             conn: Some(conn),
@@ -251,7 +244,7 @@ impl UpstreamBody {
             reusable,
             pool: Some(pool.clone()),
         };
-        if matches!(remaining, Remaining::Done) {
+        if remaining.is_done() {
             body.finish();
         }
         Ok(body)
@@ -263,7 +256,7 @@ impl UpstreamBody {
     /// an upstream that answers before reading may also take the rest of the upload
     /// for a next request.
     fn finish(&mut self) {
-        self.remaining = Remaining::Done;
+        self.remaining = BodyDecoder::Done;
         let (Some(mut conn), Some(pool)) = (self.conn.take(), self.pool.take()) else {
             return;
         };
@@ -278,24 +271,9 @@ impl UpstreamBody {
     }
 
     fn decode(&mut self) -> Result<Decoded, SendError> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Ok(Decoded::End);
-        };
-        match &mut self.remaining {
-            Remaining::Done => Ok(Decoded::End),
-            Remaining::Length(left) => {
-                if conn.read.is_empty() {
-                    return Ok(Decoded::NeedMore);
-                }
-                Ok(Decoded::Data(codec::take_length(&mut conn.read, left)))
-            }
-            Remaining::Chunked(state) => Ok(state.decode(&mut conn.read)?),
-            Remaining::UntilClose => {
-                if conn.read.is_empty() {
-                    return Ok(Decoded::NeedMore);
-                }
-                Ok(Decoded::Data(conn.read.split().freeze()))
-            }
+        match self.conn.as_mut() {
+            Some(conn) => Ok(self.remaining.decode(&mut conn.read)?),
+            None => Ok(Decoded::End),
         }
     }
 }
@@ -329,7 +307,7 @@ impl Body for UpstreamBody {
             };
             match decoded {
                 Decoded::Data(data) => {
-                    if matches!(this.remaining, Remaining::Length(0)) {
+                    if this.remaining.is_done() {
                         this.finish();
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -349,7 +327,7 @@ impl Body for UpstreamBody {
                 return Poll::Ready(None);
             };
             match ready!(conn.poll_fill(cx)) {
-                Ok(0) if matches!(this.remaining, Remaining::UntilClose) => {
+                Ok(0) if this.remaining == BodyDecoder::UntilClose => {
                     this.reusable = false;
                     this.finish();
                     return Poll::Ready(None);
@@ -368,15 +346,13 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.remaining, Remaining::Done)
+        self.remaining.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.remaining {
-            Remaining::Done => SizeHint::with_exact(0),
-            Remaining::Length(n) => SizeHint::with_exact(n),
-            _ => SizeHint::default(),
-        }
+        self.remaining
+            .exact()
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
 
