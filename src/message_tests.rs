@@ -109,7 +109,7 @@ fn a_reply_becomes_a_response_with_its_fields() {
     reply
         .fields
         .append(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    reply.request_id = Some(HeaderValue::from_static("id-1"));
+    reply.request_id = Some(RequestId::Given(HeaderValue::from_static("id-1")));
     let response = reply.map(str::len).into_response();
     assert_eq!(response.status(), StatusCode::CREATED);
     assert_eq!(response.headers()["cache-control"], "no-store");

@@ -85,7 +85,7 @@ pub fn request_framing(
 pub struct InvalidLength;
 
 /// A header field written after a request's own (ficus's forwarding headers).
-pub type Field<'a> = (&'a HeaderName, &'a HeaderValue);
+pub type Field<'a> = (&'a HeaderName, &'a [u8]);
 
 /// Writes the request line and headers (origin-form target, HTTP/1.1) to `out`: the
 /// request's own, then the framing header ficus adds, then `fields`.
@@ -101,9 +101,11 @@ pub fn encode_request_head(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     head.fields.write_to(out);
-    let framing = framing.map(|(name, value)| (name, value));
-    for (name, value) in framing.into_iter().chain(fields.iter().copied()) {
+    if let Some((name, value)) = framing {
         write_field(name.as_str().as_bytes(), value.as_bytes(), out);
+    }
+    for (name, value) in fields {
+        write_field(name.as_str().as_bytes(), value, out);
     }
     out.extend_from_slice(b"\r\n");
 }

@@ -334,9 +334,8 @@ fn request_head_is_written_in_origin_form() {
     );
     let mut out = Vec::new();
     let extra = (CONTENT_LENGTH, HeaderValue::from(3u64));
-    let id = HeaderValue::from_static("id-1");
     let name = HeaderName::from_static("x-request-id");
-    encode_request_head(&head, Some(&extra), &[(&name, &id)], &mut out);
+    encode_request_head(&head, Some(&extra), &[(&name, b"id-1")], &mut out);
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "POST /a/b?c=d HTTP/1.1\r\nHost: example.com\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 3\r\nx-request-id: id-1\r\n\r\n"

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::Full;
 
-use crate::message::Reply;
+use crate::message::{Reply, RequestId};
 use crate::metrics::UpstreamErrorKind;
 use crate::routing::path::PathError;
 use crate::upstream::SendError;
@@ -76,7 +76,7 @@ impl ProxyError {
     }
 
     /// The reply: a short JSON body naming the error kind and the request id, no internals.
-    pub fn to_reply(&self, request_id: &HeaderValue) -> Reply<Full<Bytes>> {
+    pub fn to_reply(&self, request_id: &RequestId) -> Reply<Full<Bytes>> {
         let body = json_body(self.kind(), Some(request_id.as_bytes()));
         let mut reply = Reply::new(self.status(), Full::new(Bytes::from(body)));
         reply.fields.append(

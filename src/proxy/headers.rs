@@ -2,16 +2,14 @@
 //!
 //! Pure functions over a message's [`Fields`], applied in both directions.
 
-use std::cell::RefCell;
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use bytes::BytesMut;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::http1::codec::Field;
 pub use crate::message::X_REQUEST_ID;
-use crate::message::{Fields, is_named};
+use crate::message::{Fields, RequestId, is_named};
 
 /// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -149,7 +147,7 @@ fn connection_listed<'v>(values: impl Iterator<Item = &'v [u8]>) -> HashSet<Vec<
 pub struct Forwarding {
     forwarded_for: HeaderValue,
     host: Option<HeaderValue>,
-    request_id: HeaderValue,
+    request_id: RequestId,
 }
 
 static HTTP: HeaderValue = HeaderValue::from_static("http");
@@ -162,7 +160,7 @@ impl Forwarding {
         fields: &mut Fields,
         peer_value: &HeaderValue,
         host: Option<HeaderValue>,
-        request_id: HeaderValue,
+        request_id: RequestId,
     ) -> Self {
         let mut forwarded_for = peer_value.clone();
         // Most requests carry none of these: one pass over the names finds that out.
@@ -188,21 +186,26 @@ impl Forwarding {
     }
 
     /// The fields to write after the request's own headers; the first `n` are used.
-    pub fn fields(&self) -> ([(&HeaderName, &HeaderValue); 4], usize) {
+    pub fn fields(&self) -> ([Field<'_>; 4], usize) {
         let fields = [
-            (&X_FORWARDED_FOR, &self.forwarded_for),
-            (&X_FORWARDED_PROTO, &HTTP),
-            (&X_REQUEST_ID, &self.request_id),
-            (&X_FORWARDED_HOST, self.host.as_ref().unwrap_or(&HTTP)),
+            (&X_FORWARDED_FOR, self.forwarded_for.as_bytes()),
+            (&X_FORWARDED_PROTO, HTTP.as_bytes()),
+            (&X_REQUEST_ID, self.request_id.as_bytes()),
+            (
+                &X_FORWARDED_HOST,
+                self.host.as_ref().unwrap_or(&HTTP).as_bytes(),
+            ),
         ];
         (fields, if self.host.is_some() { 4 } else { 3 })
     }
 
     /// Adds the fields to `fields`, for a copy of the request (a shadow's).
     pub fn apply(&self, fields: &mut Fields) {
-        let (forwarding, n) = self.fields();
-        for (name, value) in &forwarding[..n] {
-            fields.append((*name).clone(), (*value).clone());
+        fields.append(X_FORWARDED_FOR.clone(), self.forwarded_for.clone());
+        fields.append(X_FORWARDED_PROTO.clone(), HTTP.clone());
+        fields.append(X_REQUEST_ID.clone(), self.request_id.to_value());
+        if let Some(host) = &self.host {
+            fields.append(X_FORWARDED_HOST.clone(), host.clone());
         }
     }
 }
@@ -228,50 +231,19 @@ pub fn is_valid_host(value: &[u8]) -> bool {
         })
 }
 
-/// A request id the client sent, if it is reasonable to pass on: short and printable.
-pub fn usable_request_id(fields: &Fields) -> Option<HeaderValue> {
-    fields.value(X_REQUEST_ID.as_str()).filter(|v| {
-        !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
-    })
-}
-
-/// A fresh random request id: 32 hex digits.
-///
-/// Ids are cut from a per-thread block of [`ID_BLOCK`] of them: a header value of its
-/// own would cost an allocation and a free per request, a slice of the block only a
-/// reference count. A block is freed when the last id cut from it is dropped.
-pub fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    thread_local! {
-        static BLOCK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
-    }
-    let mut text = [0u8; ID_LEN];
-    for (pair, byte) in text
-        .chunks_exact_mut(2)
-        .zip(fastrand::u128(..).to_le_bytes())
-    {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0xf)];
-    }
-    let id = BLOCK.with_borrow_mut(|block| {
-        if block.capacity() < ID_LEN {
-            *block = BytesMut::with_capacity(ID_LEN * ID_BLOCK);
+/// The request's id: the one the client sent if it is reasonable to pass on (short
+/// and printable), else a fresh one.
+pub fn request_id(fields: &Fields) -> RequestId {
+    match fields.get(X_REQUEST_ID.as_str()) {
+        Some(v) if !v.is_empty() && v.len() <= 128 && v.iter().all(u8::is_ascii_graphic) => {
+            match fields.value(X_REQUEST_ID.as_str()) {
+                Some(value) => RequestId::Given(value),
+                None => RequestId::random(),
+            }
         }
-        block.extend_from_slice(&text);
-        block.split().freeze()
-    });
-    // Hex digits are always a valid header value.
-    HeaderValue::from_maybe_shared(id).unwrap_or(HeaderValue::from_static("0"))
+        _ => RequestId::random(),
+    }
 }
-
-/// Length of a request id ficus makes.
-const ID_LEN: usize = 32;
-/// Request ids per allocated block (4 KiB). An id that lives long keeps its whole block
-/// allocated, so nothing keeps one for a long answer's life: the HTTP/1.1 server drops
-/// its copy once the answer's head has gone out, and for HTTP/2 it is only in the head
-/// hyper encodes (a shadow's copy lives until the shadow ends, within its timeout).
-/// (With 16 ids per block, callgrind counted 370 more instructions per request.)
-const ID_BLOCK: usize = 128;
 
 #[cfg(test)]
 mod tests {
@@ -399,7 +371,7 @@ mod tests {
         let (fields, n) = forwarding.fields();
         fields[..n]
             .iter()
-            .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+            .map(|(name, value)| (name.to_string(), String::from_utf8(value.to_vec()).unwrap()))
             .collect()
     }
 
@@ -419,7 +391,7 @@ mod tests {
             &mut headers,
             &local,
             host,
-            HeaderValue::from_static("our-id"),
+            RequestId::Given(HeaderValue::from_static("our-id")),
         );
         let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
             list.iter()
@@ -443,7 +415,12 @@ mod tests {
 
         let mut fresh = Fields::new();
         let peer = ip_header_value("::ffff:127.0.0.2".parse().unwrap());
-        let forwarding = Forwarding::take(&mut fresh, &peer, None, HeaderValue::from_static("id"));
+        let forwarding = Forwarding::take(
+            &mut fresh,
+            &peer,
+            None,
+            RequestId::Given(HeaderValue::from_static("id")),
+        );
         assert_eq!(
             written(&forwarding),
             pairs(&[
@@ -459,16 +436,27 @@ mod tests {
 
     #[test]
     fn request_ids() {
-        // More than two blocks' worth: every id is whole, hex and fresh.
-        let ids: std::collections::HashSet<_> =
-            (0..2 * ID_BLOCK + 5).map(|_| new_request_id()).collect();
-        assert_eq!(ids.len(), 2 * ID_BLOCK + 5);
+        // Every made id is whole, hex and fresh.
+        let ids: HashSet<_> = (0..1000).map(|_| request_id(&map(&[]))).collect();
+        assert_eq!(ids.len(), 1000);
         for id in &ids {
-            assert_eq!(id.len(), ID_LEN);
+            assert!(matches!(id, RequestId::Made(_)), "{id:?}");
+            assert_eq!(id.as_bytes().len(), 32);
             assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit), "{id:?}");
+            assert_eq!(id.to_value().as_bytes(), id.as_bytes());
+            assert_eq!(id.to_string().as_bytes(), id.as_bytes());
         }
-        assert!(usable_request_id(&map(&[("x-request-id", "abc-123")])).is_some());
-        assert!(usable_request_id(&map(&[("x-request-id", "has space")])).is_none());
-        assert!(usable_request_id(&map(&[("x-request-id", &"a".repeat(200))])).is_none());
+        // Every digit shows up in every position.
+        for position in 0..32 {
+            let seen: HashSet<u8> = ids.iter().map(|id| id.as_bytes()[position]).collect();
+            assert_eq!(seen.len(), 16, "position {position}: {seen:?}");
+        }
+        let given = request_id(&map(&[("x-request-id", "abc-123")]));
+        assert_eq!(given, RequestId::Given(HeaderValue::from_static("abc-123")));
+        assert_eq!(given.to_string(), "abc-123");
+        for unusable in ["has space", &"a".repeat(200), ""] {
+            let id = request_id(&map(&[("x-request-id", unusable)]));
+            assert!(matches!(id, RequestId::Made(_)), "{unusable:?}");
+        }
     }
 }

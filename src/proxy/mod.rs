@@ -22,7 +22,7 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Method, StatusCode, Version};
 use tokio::time::Sleep;
 
-use crate::message::{Call, Head, Reply};
+use crate::message::{Call, Head, Reply, RequestId};
 use crate::metrics::{BackendMetrics, Metrics, NO_UPSTREAM, UpstreamErrorKind};
 use crate::routing::path;
 use crate::server::body::ClientBody;
@@ -161,8 +161,7 @@ pub async fn handle(
     // The head stays here; what it is handed to borrows it. Moving it into each step
     // cost a few hundred instructions of copying per request.
     let Call { mut head, body } = request;
-    let request_id =
-        headers::usable_request_id(&head.fields).unwrap_or_else(headers::new_request_id);
+    let request_id = headers::request_id(&head.fields);
 
     let (decision, result) = match route(&snapshot, &head) {
         Ok(Routed {
@@ -237,7 +236,7 @@ pub async fn handle(
         path,
         status = status.as_u16(),
         duration_ms = elapsed.as_secs_f64() * 1e3,
-        request_id = %String::from_utf8_lossy(request_id.as_bytes()),
+        %request_id,
         generation = snapshot.generation,
     );
     response
@@ -321,7 +320,7 @@ fn rewrite(
     peer: &Peer,
     target: PathAndQuery,
     (host, set_host): (Option<HeaderValue>, bool),
-    request_id: &HeaderValue,
+    request_id: &RequestId,
 ) -> Forwarding {
     // The upstream client writes the target as given: origin-form.
     head.uri = Uri::from(target);

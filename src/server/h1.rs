@@ -48,7 +48,7 @@ use super::io::{after, only_empty_lines};
 use super::{ConnError, StopWatch};
 use crate::http1::codec::{self, RequestBodyLength, RequestHead, RequestHeadError};
 use crate::http1::wire::{BodyWriter, Framing, WriteError, WriteQueue};
-use crate::message::{Call, Fields, Reply};
+use crate::message::{Call, Fields, Reply, RequestId};
 use crate::metrics::ConnectionGauge;
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::proxy::{self, Peer, ResponseBody, SharedState};
@@ -539,9 +539,9 @@ impl Conn<'_> {
             if let Poll::Ready(written) = writer.poll_write(&mut self.queue, &mut self.write, cx) {
                 return Poll::Ready(written);
             }
-            // An answer still streaming may last for hours. Its request id shares a
-            // block with others (`headers::new_request_id`), and is needed only until
-            // the head has gone out.
+            // An answer still streaming may last for hours. A client's own request id
+            // is a slice of its request's head, and is needed only until the head has
+            // gone out.
             if !self.queue.head_unsent() {
                 request_id = None;
             }
@@ -593,7 +593,7 @@ impl Conn<'_> {
             // It broke before its first byte: nothing has gone out, so the client can
             // still get a plain 502 (the upstream error was counted with the body).
             self.queue.discard();
-            let request_id = request_id.as_ref().map(HeaderValue::as_bytes);
+            let request_id = request_id.as_ref().map(RequestId::as_bytes);
             self.answer_alone(StatusCode::BAD_GATEWAY, request_id).await;
             return Ok(false);
         }
