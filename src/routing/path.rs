@@ -65,7 +65,21 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
 
 /// The non-empty segments of a normalized path: `"/api//users/1/"` -> `["api", "users", "1"]`; `"/"` -> `[]`.
 pub fn segments(path: &str) -> impl Iterator<Item = &str> {
-    path.split('/').filter(|segment| !segment.is_empty())
+    // A byte loop: `split` sets up a substring searcher per call, which costs more
+    // than the few short segments of a request path (this runs on every request).
+    let bytes = path.as_bytes();
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while bytes.get(at) == Some(&b'/') {
+            at += 1;
+        }
+        let start = at;
+        while bytes.get(at).is_some_and(|&b| b != b'/') {
+            at += 1;
+        }
+        // Cut at '/' (ASCII) or the end: always on character boundaries.
+        path.get(start..at).filter(|segment| !segment.is_empty())
+    })
 }
 
 /// Single allocation-free scan: true when `normalize` would return `path` unchanged.

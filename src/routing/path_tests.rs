@@ -109,6 +109,16 @@ fn segments_skips_empty_pieces() {
     assert_eq!(collect("/"), Vec::<&str>::new());
     assert_eq!(collect(""), Vec::<&str>::new());
     assert_eq!(collect("/a;b/%20"), ["a;b", "%20"]);
+    // The same pieces as splitting on '/', for any text, multi-byte characters too.
+    let alphabet = ["/", "a", "é", "//", "ü/", "%2F", ";"];
+    for n in 0..4000usize {
+        let text: String = (0..n % 9)
+            .map(|i| alphabet[(n / 7 + i * 5 + n % 11 * i) % alphabet.len()])
+            .collect();
+        let expected: Vec<&str> = text.split('/').filter(|s| !s.is_empty()).collect();
+        let got: Vec<&str> = segments(&text).collect();
+        assert_eq!(got, expected, "{text:?}");
+    }
 }
 
 #[test]
