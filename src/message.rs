@@ -326,6 +326,20 @@ impl Fields {
         }
     }
 
+    /// The first field named `name` (lower case) as bytes, sharing the head's: for a
+    /// value already checked, this skips a header value's own byte check.
+    pub fn shared(&self, name: &str) -> Option<Bytes> {
+        match self.line(name) {
+            Some(span) => Some(
+                self.head
+                    .slice(span.value.0 as usize..span.value.1 as usize),
+            ),
+            None => self
+                .added(name)
+                .map(|value| Bytes::copy_from_slice(value.as_bytes())),
+        }
+    }
+
     /// Whether any field's name satisfies `test`, given the name as received (or in
     /// lower case, as `HeaderName` keeps it, for an added one).
     pub fn any_name(&self, mut test: impl FnMut(&[u8]) -> bool) -> bool {

@@ -215,3 +215,16 @@ fn cookies_are_joined_on_one_line_after_the_others() {
     fields.join_cookies();
     assert_eq!(written(&fields), "X-A: 1\r\ncookie: a=1; b=2\r\n");
 }
+
+#[test]
+fn shared_values_are_the_first_fields_bytes() {
+    let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: a.example\r\nhost: b\r\n\r\n"[..]);
+    let head = crate::http1::codec::parse_request_head(&mut buf, 1024)
+        .unwrap()
+        .unwrap();
+    let mut fields = head.head.fields;
+    assert_eq!(fields.shared("host").as_deref(), Some(&b"a.example"[..]));
+    assert_eq!(fields.shared("accept"), None);
+    fields.append(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+    assert_eq!(fields.shared("accept").as_deref(), Some(&b"*/*"[..]));
+}

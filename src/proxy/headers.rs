@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::http1::codec::Field;
@@ -146,7 +147,7 @@ fn connection_listed<'v>(values: impl Iterator<Item = &'v [u8]>) -> HashSet<Vec<
 #[derive(Debug, Clone)]
 pub struct Forwarding {
     forwarded_for: HeaderValue,
-    host: Option<HeaderValue>,
+    host: Option<Bytes>,
     request_id: RequestId,
 }
 
@@ -159,7 +160,7 @@ impl Forwarding {
     pub fn take(
         fields: &mut Fields,
         peer_value: &HeaderValue,
-        host: Option<HeaderValue>,
+        host: Option<Bytes>,
         request_id: RequestId,
     ) -> Self {
         let mut forwarded_for = peer_value.clone();
@@ -193,7 +194,7 @@ impl Forwarding {
             (&X_REQUEST_ID, self.request_id.as_bytes()),
             (
                 &X_FORWARDED_HOST,
-                self.host.as_ref().unwrap_or(&HTTP).as_bytes(),
+                self.host.as_deref().unwrap_or(HTTP.as_bytes()),
             ),
         ];
         (fields, if self.host.is_some() { 4 } else { 3 })
@@ -204,8 +205,11 @@ impl Forwarding {
         fields.append(X_FORWARDED_FOR.clone(), self.forwarded_for.clone());
         fields.append(X_FORWARDED_PROTO.clone(), HTTP.clone());
         fields.append(X_REQUEST_ID.clone(), self.request_id.to_value());
-        if let Some(host) = &self.host {
-            fields.append(X_FORWARDED_HOST.clone(), host.clone());
+        // A valid Host (`is_valid_host`) is a valid header value.
+        if let Some(host) = &self.host
+            && let Ok(host) = HeaderValue::from_maybe_shared(host.clone())
+        {
+            fields.append(X_FORWARDED_HOST.clone(), host);
         }
     }
 }
@@ -223,13 +227,21 @@ pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
 /// Whether a Host value is a plain `host[:port]`: registered-name, IPv4 or
 /// bracketed IPv6 characters only, no userinfo, no path, no spaces.
 pub fn is_valid_host(value: &[u8]) -> bool {
-    !value.is_empty()
-        && value.len() <= 255
-        && value.iter().all(|&b| {
-            b.is_ascii_alphanumeric()
-                || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'[' | b']' | b'%')
-        })
+    !value.is_empty() && value.len() <= 255 && value.iter().all(|&b| HOST_BYTE[usize::from(b)])
 }
+
+/// The bytes [`is_valid_host`] allows, as a table: it runs on every request.
+static HOST_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'.' | b'_' | b'~' | b':' | b'[' | b']' | b'%');
+        b += 1;
+    }
+    table
+};
 
 /// The request's id: the one the client sent if it is reasonable to pass on (short
 /// and printable), else a fresh one.
@@ -386,7 +398,7 @@ mod tests {
             ("x-kept", "k"),
         ]);
         let local = ip_header_value("127.0.0.1".parse().unwrap());
-        let host = Some(HeaderValue::from_static("example.com"));
+        let host = Some(Bytes::from_static(b"example.com"));
         let forwarding = Forwarding::take(
             &mut headers,
             &local,
@@ -432,6 +444,31 @@ mod tests {
         forwarding.apply(&mut fresh);
         assert_eq!(fresh.get("x-forwarded-for"), Some(&b"127.0.0.2"[..]));
         assert!(!fresh.contains("x-forwarded-host"));
+    }
+
+    #[test]
+    fn valid_hosts() {
+        for host in [
+            "example.com",
+            "127.0.0.1:8080",
+            "[::1]:80",
+            "a-b_c~d%2e",
+            "X",
+        ] {
+            assert!(is_valid_host(host.as_bytes()), "{host:?}");
+        }
+        let long = "a".repeat(256);
+        for host in ["", "a b", "user@host", "host/path", "h\tb", "é.com", &long] {
+            assert!(!is_valid_host(host.as_bytes()), "{host:?}");
+        }
+        // Every byte the table allows is also a valid header value byte.
+        for b in 0..=255u8 {
+            let allowed = b.is_ascii_alphanumeric() || b"-._~:[]%".contains(&b);
+            assert_eq!(is_valid_host(&[b]), allowed, "{b}");
+            if allowed {
+                assert!(HeaderValue::from_bytes(&[b]).is_ok(), "{b}");
+            }
+        }
     }
 
     #[test]

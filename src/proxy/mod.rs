@@ -144,7 +144,7 @@ struct Routed<'s> {
     /// The normalized path and the original query: what the upstream receives.
     target: PathAndQuery,
     /// The Host the client meant, validated.
-    host: Option<HeaderValue>,
+    host: Option<Bytes>,
     /// Whether the request's Host field must be set to `host` (it came from the target).
     set_host: bool,
 }
@@ -288,24 +288,25 @@ fn route<'s>(snapshot: &'s Snapshot, request: &Head) -> Result<Routed<'s>, Proxy
 /// The Host the client meant: the authority for HTTP/2 and absolute-form targets,
 /// else its single, well-formed Host header (RFC 9112 §3.2).
 /// Also says whether the Host field must be set to it (it came from the target).
-fn client_host(request: &Head) -> Result<(Option<HeaderValue>, bool), ProxyError> {
+/// A valid Host is a valid header value too.
+fn client_host(request: &Head) -> Result<(Option<Bytes>, bool), ProxyError> {
     let mut hosts = request.fields.get_all(HOST.as_str());
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err(ProxyError::BadHost);
     }
     if let Some(authority) = request.uri.authority() {
-        return match HeaderValue::from_str(authority.as_str()) {
-            Ok(value) if headers::is_valid_host(value.as_bytes()) => {
-                let set = host != Some(value.as_bytes());
-                Ok((Some(value), set))
-            }
-            _ => Err(ProxyError::BadHost),
+        let value = authority.as_str().as_bytes();
+        return if headers::is_valid_host(value) {
+            let set = host != Some(value);
+            Ok((Some(Bytes::copy_from_slice(value)), set))
+        } else {
+            Err(ProxyError::BadHost)
         };
     }
     match host {
         Some(host) if headers::is_valid_host(host) => {
-            Ok((request.fields.value(HOST.as_str()), false))
+            Ok((request.fields.shared(HOST.as_str()), false))
         }
         Some(_) => Err(ProxyError::BadHost),
         None if request.version == Version::HTTP_11 => Err(ProxyError::BadHost),
@@ -319,7 +320,7 @@ fn rewrite(
     head: &mut Head,
     peer: &Peer,
     target: PathAndQuery,
-    (host, set_host): (Option<HeaderValue>, bool),
+    (host, set_host): (Option<Bytes>, bool),
     request_id: &RequestId,
 ) -> Forwarding {
     // The upstream client writes the target as given: origin-form.
@@ -330,8 +331,11 @@ fn rewrite(
     // (chunked, or HTTP/2 DATA without content-length) as chunked itself.
     headers::strip_request(&mut head.fields);
     // Without one (an HTTP/1.0 client), the pool sets the endpoint's authority.
-    if let Some(host) = host.as_ref().filter(|_| set_host) {
-        head.fields.insert(HOST, host.clone());
+    // Checked by `client_host`: a valid Host is a valid header value.
+    if let Some(host) = host.as_ref().filter(|_| set_host)
+        && let Ok(host) = HeaderValue::from_maybe_shared(host.clone())
+    {
+        head.fields.insert(HOST, host);
     }
     Forwarding::take(
         &mut head.fields,
