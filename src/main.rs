@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -132,18 +133,22 @@ fn explain(config: &std::path::Path, method: &str, path: &str, headers: &[String
 }
 
 fn run(threads: Option<usize>, config: PathBuf, demo: bool) -> ExitCode {
-    let runtime = match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n.max(1))
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
+    let mut builder = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n.max(1));
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
     };
+    // Reloads read the table on a blocking thread, which exits a second after: between
+    // reloads, `--threads 1` runs on exactly one thread (the kernel then skips file
+    // reference counting on every socket call).
+    let runtime = builder
+        .enable_all()
+        .thread_keep_alive(Duration::from_secs(1))
+        .build();
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -3,8 +3,9 @@
 //! The [`Reloader`] is the only writer of the snapshot `ArcSwap`. It watches
 //! the *directory* of the table, not the file: editors save by rename and
 //! Kubernetes swaps a `..data` symlink, both of which silently end a watch on
-//! the file itself. Events are debounced (250 ms); SIGHUP and a slow periodic
-//! re-read back up the watcher. Identical bytes are skipped by hash. A table
+//! the file itself (on Linux with inotify on the runtime's reactor: no thread). A
+//! change is acted on once the directory has been quiet for 250 ms; SIGHUP and a slow
+//! periodic re-read back up the watcher. Identical bytes are skipped by hash. A table
 //! that fails to load leaves the current one serving; the error is logged,
 //! counted and shown at the admin `/routes` endpoint.
 
@@ -19,8 +20,11 @@ use crate::proxy::ProxyState;
 use crate::server::Shutdown;
 use crate::snapshot::Snapshot;
 
-/// How long file events are gathered before one reload.
+/// How long the table's directory must be quiet after a change before one reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(250);
+/// Longest wait after a change for the directory to go quiet (something else in it
+/// may be written all the time).
+pub const DEBOUNCE_MAX: Duration = Duration::from_secs(2);
 /// Periodic re-read, for filesystems or setups where events get lost.
 pub const PERIODIC: Duration = Duration::from_secs(30);
 
@@ -180,7 +184,7 @@ impl Reloader {
     /// Watches the table's directory, SIGHUP and a periodic timer until `shutdown`.
     pub async fn run(mut self, mut shutdown: Shutdown) {
         let (tx, mut rx) = mpsc::channel::<()>(1);
-        let _watcher = match watch_dir(&self.path, tx) {
+        let _watcher = match dir_watch::watch_dir(&table_dir(&self.path), tx) {
             Ok(watcher) => Some(watcher),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch the table's directory; reload with SIGHUP (also re-read every {PERIODIC:?})");
@@ -240,39 +244,157 @@ fn restart_keys(
     keys
 }
 
-fn watch_dir(
-    path: &Path,
-    tx: mpsc::Sender<()>,
-) -> notify::Result<
-    notify_debouncer_full::Debouncer<
+/// Watches the table's directory on the runtime's reactor: no thread of its own.
+#[cfg(target_os = "linux")]
+mod dir_watch {
+    use std::io;
+    use std::path::Path;
+
+    use inotify::{EventMask, EventStream, Inotify, StreamExt, WatchMask};
+    use tokio::sync::mpsc;
+    use tokio::time::Instant;
+
+    use super::{DEBOUNCE, DEBOUNCE_MAX, PERIODIC};
+
+    /// Bytes of events read at once.
+    type Buffer = [u8; 4096];
+
+    /// The watch; it stops when dropped.
+    pub struct Watch(tokio::task::JoinHandle<()>);
+
+    impl Drop for Watch {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+
+    /// Sends on `tx` after each change in `dir`, once it has been quiet for
+    /// [`DEBOUNCE`] (or [`DEBOUNCE_MAX`] has passed since the change).
+    pub fn watch_dir(dir: &Path, tx: mpsc::Sender<()>) -> io::Result<Watch> {
+        let inotify = Inotify::init()?;
+        // Changes only: opening, reading and closing the table unchanged (as the
+        // reloader does) would otherwise look like an edit.
+        let changes = WatchMask::CREATE
+            | WatchMask::DELETE
+            | WatchMask::MODIFY
+            | WatchMask::ATTRIB
+            | WatchMask::CLOSE_WRITE
+            | WatchMask::MOVED_FROM
+            | WatchMask::MOVED_TO
+            | WatchMask::DELETE_SELF
+            | WatchMask::MOVE_SELF
+            | WatchMask::ONLYDIR;
+        inotify.watches().add(dir, changes)?;
+        let events = inotify.into_event_stream([0u8; 4096])?;
+        Ok(Watch(tokio::spawn(watch(events, tx))))
+    }
+
+    /// What one event says.
+    enum Seen {
+        Change,
+        /// The directory itself went, or the watch failed: no more events will come.
+        Gone,
+    }
+
+    async fn next(events: &mut EventStream<Buffer>) -> Seen {
+        let gone = EventMask::IGNORED | EventMask::DELETE_SELF | EventMask::MOVE_SELF;
+        match events.next().await {
+            Some(Ok(event)) if event.mask.intersects(gone) => {
+                tracing::warn!(
+                    "the table's directory was removed or moved: file changes are no longer seen; reload with SIGHUP (also re-read every {PERIODIC:?})"
+                );
+                Seen::Gone
+            }
+            // Q_OVERFLOW (events were lost) counts as a change too.
+            Some(Ok(_)) => Seen::Change,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "watching the table's directory failed: file changes are no longer seen; reload with SIGHUP (also re-read every {PERIODIC:?})");
+                Seen::Gone
+            }
+            None => Seen::Gone,
+        }
+    }
+
+    async fn watch(mut events: EventStream<Buffer>, tx: mpsc::Sender<()>) {
+        loop {
+            if let Seen::Gone = next(&mut events).await {
+                return;
+            }
+            // An editor's save or a ConfigMap update is several events: wait for quiet.
+            let latest = Instant::now() + DEBOUNCE_MAX;
+            let mut gone = false;
+            loop {
+                let quiet = (Instant::now() + DEBOUNCE).min(latest);
+                tokio::select! {
+                    seen = next(&mut events) => match seen {
+                        Seen::Change => continue,
+                        Seen::Gone => {
+                            gone = true;
+                            break;
+                        }
+                    },
+                    () = tokio::time::sleep_until(quiet) => break,
+                }
+            }
+            // A full channel means a reload is already pending: coalesce.
+            let _ = tx.try_send(());
+            if gone {
+                return;
+            }
+        }
+    }
+}
+
+/// Watches the table's directory with notify (a thread of its own).
+#[cfg(not(target_os = "linux"))]
+mod dir_watch {
+    use std::io;
+    use std::path::Path;
+
+    use tokio::sync::mpsc;
+
+    use super::DEBOUNCE;
+
+    /// The watch; it stops when dropped.
+    pub type Watch = notify_debouncer_full::Debouncer<
         notify::RecommendedWatcher,
         notify_debouncer_full::RecommendedCache,
-    >,
-> {
-    use notify::{EventKind, RecursiveMode, event::AccessKind, event::AccessMode};
-    let dir = match path.parent() {
+    >;
+
+    /// Sends on `tx` after each (debounced) change in `dir`.
+    pub fn watch_dir(dir: &Path, tx: mpsc::Sender<()>) -> io::Result<Watch> {
+        use notify::{EventKind, RecursiveMode, event::AccessKind, event::AccessMode};
+        let mut debouncer = notify_debouncer_full::new_debouncer(
+            DEBOUNCE,
+            None,
+            move |result: notify_debouncer_full::DebounceEventResult| {
+                let Ok(events) = result else { return };
+                // Reads (including our own) are not changes; a writer closing the file is.
+                let relevant = events.iter().any(|e| match e.event.kind {
+                    EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+                    EventKind::Access(_) => false,
+                    _ => true,
+                });
+                if relevant {
+                    // A full channel means a reload is already pending: coalesce.
+                    let _ = tx.try_send(());
+                }
+            },
+        )
+        .map_err(io::Error::other)?;
+        debouncer
+            .watch(dir, RecursiveMode::NonRecursive)
+            .map_err(io::Error::other)?;
+        Ok(debouncer)
+    }
+}
+
+/// The directory a table at `path` is in.
+fn table_dir(path: &Path) -> PathBuf {
+    match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
-    };
-    let mut debouncer = notify_debouncer_full::new_debouncer(
-        DEBOUNCE,
-        None,
-        move |result: notify_debouncer_full::DebounceEventResult| {
-            let Ok(events) = result else { return };
-            // Reads (including our own) are not changes; a writer closing the file is.
-            let relevant = events.iter().any(|e| match e.event.kind {
-                EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-                EventKind::Access(_) => false,
-                _ => true,
-            });
-            if relevant {
-                // A full channel means a reload is already pending: coalesce.
-                let _ = tx.try_send(());
-            }
-        },
-    )?;
-    debouncer.watch(&dir, RecursiveMode::NonRecursive)?;
-    Ok(debouncer)
+    }
 }
 
 #[cfg(unix)]

@@ -213,3 +213,58 @@ fn serve_exits_zero_on_sigterm() {
         .unwrap();
     assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
 }
+
+/// With `--threads 1`, ficus runs on one thread once started: the table's directory is
+/// watched from the runtime itself, and the thread that read the table is gone soon.
+#[cfg(target_os = "linux")]
+#[test]
+fn serve_with_one_thread_runs_on_one_thread() {
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "default = \"legacy\"\n[listen]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[upstreams.legacy]\nendpoints = [\"http://{}\"]\n",
+            backend.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(FICUS)
+        .args(["--threads", "1", "serve", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let serving = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("ficus serving"));
+    assert!(serving, "ficus started");
+    let tasks = format!("/proc/{}/task", child.id());
+    let threads = || std::fs::read_dir(&tasks).map_or(0, Iterator::count);
+    // The start-up read's blocking thread may come and lingers a second after its work;
+    // nothing else may stay. So: one thread, and still one 1.5 s on (there is no event
+    // for a thread's end, so this samples).
+    let start = std::time::Instant::now();
+    let mut alone_since = None;
+    let mut seen = threads();
+    while start.elapsed() < Duration::from_secs(10) {
+        seen = threads();
+        match (seen, alone_since) {
+            (1, None) => alone_since = Some(std::time::Instant::now()),
+            (1, Some(since)) if since.elapsed() > Duration::from_millis(1500) => break,
+            (1, Some(_)) => {}
+            _ => alone_since = None,
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(seen, 1, "threads of a `--threads 1` ficus");
+    assert!(
+        alone_since.is_some_and(|since| since.elapsed() > Duration::from_millis(1500)),
+        "a `--threads 1` ficus kept more than one thread"
+    );
+}

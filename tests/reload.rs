@@ -2,7 +2,8 @@
 //! editor saves by rename, Kubernetes ConfigMap symlink swaps, broken edits,
 //! deletions and bursts. Every test waits for the reloader's own signals
 //! (generation, failure count, served hash) or for file events; no test sleeps
-//! to wait for a reload (the one timed pause paces the burst's writes).
+//! to wait for a reload (timed pauses only pace writes: the burst's, and the
+//! busy directory's).
 //!
 //! Most tests send a request before their first edit, to see the starting
 //! table serve; `table_edited_right_after_start_is_not_missed` pins that an
@@ -215,6 +216,40 @@ async fn table_edited_right_after_start_is_not_missed() {
         .rewrite(&table(&upstreams, &route("api", "/api", "new")))
         .await;
     proxy.wait_for_generation(2).await;
+    assert_eq!(proxy.get("/api/orders").await.body, "b");
+}
+
+#[tokio::test]
+async fn a_table_in_a_busy_directory_still_reloads() {
+    let (a, b, proxy) = api_on_legacy().await;
+    let upstreams = [("legacy", &a), ("new", &b)];
+    assert_eq!(proxy.get("/api/orders").await.body, "a");
+    // Another file in the directory is written every 20 ms, so the directory is
+    // never quiet for the debounce: the edit must be applied anyway (within
+    // `DEBOUNCE_MAX`, long before the periodic re-read).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noise = proxy.dir.path().join("app.log");
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let rounds = EVENT_TIMEOUT.as_millis() / 20;
+            for n in 0..rounds {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::fs::write(&noise, n.to_string()).expect("write the noise file");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // The edit lands amid the noise (pacing the input, not waiting for ficus).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy
+        .rewrite(&table(&upstreams, &route("api", "/api", "new")))
+        .await;
+    proxy.wait_for_generation(2).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("noise writer");
     assert_eq!(proxy.get("/api/orders").await.body, "b");
 }
 
