@@ -161,8 +161,12 @@ impl Conn<'_> {
     ) -> Result<(), ConnError> {
         // The handler's future (about 2.4 KiB) lives in a box kept from one request to
         // the next: allocating and freeing it per request cost about 400 instructions.
-        // The box goes with the read buffer when the connection idles.
+        // The box goes with the read buffer when the connection idles. It is kept from
+        // the second request on: thousands of connections that each send one request
+        // and idle would otherwise all hold one at once, and leave the heap in holes
+        // when they go (0.6 KiB more resident per idle connection in scenario 5).
         let mut handler = None;
+        let mut first = true;
         loop {
             let head = match self.read_head(gauge, stop, &mut handler).await {
                 Ok(head) => head,
@@ -182,13 +186,18 @@ impl Conn<'_> {
                 mut returned,
                 expect,
             } = self.request(head)?;
-            let answer = self.answer(
-                &mut handler,
-                || proxy::handle(state, request, peer),
-                expect,
-                stop,
-            );
-            if let Some(answer) = answer.await {
+            let answer = self
+                .answer(
+                    &mut handler,
+                    || proxy::handle(state, request, peer),
+                    expect,
+                    stop,
+                )
+                .await;
+            if std::mem::take(&mut first) {
+                handler = None;
+            }
+            if let Some(answer) = answer {
                 keep_alive &= !stop.stopped;
                 if let Some(back) = returned.as_mut() {
                     // A body the handler dropped unread has come back already: say
