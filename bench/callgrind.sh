@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, counted by callgrind: the same on every run, where
+# wall-clock numbers on a shared 2-core machine move by 10-20% from run to run.
+#
+#   bench/callgrind.sh                    # ficus, scenario 1's 10-route table
+#   bench/callgrind.sh --proxy nginx      # nginx as a plain reverse proxy, the same way
+#   bench/callgrind.sh --seconds 10 --no-build --out /tmp/ficus.callgrind
+#
+# The proxy runs under valgrind with instrumentation off; after a warm-up, counting is
+# switched on for one wrk run (-t1 -c32) and off again, and the count is divided by the
+# requests wrk completed. Under load a wake-up serves several requests, as in scenario 1.
+# Open the profile with `callgrind_annotate FILE`. Uses 127.0.0.1:28080 (backend),
+# :28084 (proxy) and :28094 (ficus's admin), and stops only what it started.
+set -euo pipefail
+
+proxy=ficus
+seconds=5
+build=1
+out=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --proxy) proxy="$2"; shift 2 ;;
+        --seconds) seconds="$2"; shift 2 ;;
+        --no-build) build=0; shift ;;
+        --out) out="$2"; shift 2 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+case "$proxy" in ficus|nginx) ;; *) echo "--proxy is ficus or nginx" >&2; exit 2 ;; esac
+case "$seconds" in ''|*[!0-9]*) echo "--seconds takes a whole number" >&2; exit 2 ;; esac
+for tool in valgrind callgrind_control wrk; do
+    command -v "$tool" >/dev/null || { echo "needs $tool: apt-get install valgrind wrk" >&2; exit 1; }
+done
+if [ "$proxy" = nginx ] && ! command -v nginx >/dev/null; then
+    echo "needs nginx: apt-get install nginx-light" >&2
+    exit 1
+fi
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+if [ "$build" = 1 ]; then
+    (cd "$root" && cargo build --release --locked --bin ficus --example bench_backend)
+fi
+work="$(mktemp -d)"
+out="${out:-$work/$proxy.callgrind}"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Waits up to 30 s (valgrind starts slowly) for a listener on 127.0.0.1:$1.
+wait_port() {
+    for _ in $(seq 1 300); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on 127.0.0.1:$1" >&2
+    exit 1
+}
+
+"$root/target/release/examples/bench_backend" 127.0.0.1:28080 >/dev/null 2>&1 &
+pids+=($!)
+wait_port 28080
+
+if [ "$proxy" = ficus ]; then
+    # Scenario 1's table (bench/run.py, ficus_table): ten routes and `/api`.
+    {
+        printf 'default = "legacy"\n[listen]\nproxy = "127.0.0.1:28084"\nadmin = "127.0.0.1:28094"\n'
+        printf '[upstreams.legacy]\nendpoints = ["http://127.0.0.1:28080"]\n'
+        printf '[upstreams.new]\nendpoints = ["http://127.0.0.1:28081"]\n'
+        for i in $(seq 0 9); do
+            if [ $((i % 2)) = 0 ]; then pattern="path = \"/svc$i/items/{id}\""; else pattern="prefix = \"/svc$i\""; fi
+            printf '[[routes]]\nname = "svc%s"\n%s\nupstream = "legacy"\n' "$i" "$pattern"
+        done
+        printf '[[routes]]\nname = "api"\nprefix = "/api"\nupstream = "legacy"\n'
+    } >"$work/routes.toml"
+    command=("$root/target/release/ficus" --threads 1 serve --config "$work/routes.toml")
+else
+    mkdir -p "$work/nginx"
+    cat >"$work/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+master_process off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx/body;
+    proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fastcgi;
+    uwsgi_temp_path $work/nginx/uwsgi;
+    scgi_temp_path $work/nginx/scgi;
+    keepalive_requests 1000000;
+    client_max_body_size 0;
+    # As bench/run.py configures it for scenario 1.
+    upstream backend { server 127.0.0.1:28080; keepalive 64; }
+    server {
+        listen 127.0.0.1:28084 reuseport backlog=65535;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_request_buffering off;
+            proxy_buffering off;
+        }
+    }
+}
+EOF
+    command=(nginx -p "$work/nginx" -c "$work/nginx.conf")
+fi
+
+RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+    "${command[@]}" >"$work/valgrind.log" 2>&1 &
+vg=$!
+pids+=("$vg")
+wait_port 28084
+
+target=http://127.0.0.1:28084/api/orders/7
+wrk -t1 -c32 -d2s -H "Host: bench" "$target" >/dev/null
+callgrind_control -i on "$vg" >/dev/null 2>&1
+requests=$(wrk -t1 -c32 -d"${seconds}s" -H "Host: bench" "$target" | awk '/requests in/ {print $1}')
+callgrind_control -i off "$vg" >/dev/null 2>&1
+kill -TERM "$vg"
+wait "$vg" 2>/dev/null || true
+
+instructions=$(awk '/^totals:/ {print $2; exit}' "$out")
+if [ -z "$instructions" ] || [ -z "$requests" ] || [ "$requests" = 0 ]; then
+    echo "no count: see $work/valgrind.log" >&2
+    cat "$work/valgrind.log" >&2
+    exit 1
+fi
+echo "$proxy: $instructions instructions for $requests requests: $((instructions / requests)) per request"
+if [ "$out" != "$work/$proxy.callgrind" ]; then
+    echo "profile: $out (callgrind_annotate $out)"
+fi
