@@ -1172,6 +1172,29 @@ async fn only_idempotent_requests_are_retried_after_a_reused_connection_closes()
     );
 }
 
+/// An idle pooled connection the upstream has closed is not used again: even a POST,
+/// which ficus must not send twice, goes on a fresh connection and gets its answer.
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_has_closed_is_not_reused() {
+    let upstream = RawUpstream::always(OK, Then::Close).await;
+    let proxy = TestProxy::start(&upstream.table()).await;
+    let mut client = Client::connect(&proxy).await;
+
+    assert_eq!(client.call("GET", "/first").await.status(), 200);
+    // The upstream has closed the connection ficus pooled after the first answer.
+    upstream.wait_for_ended(1).await;
+    let post = b"POST /post HTTP/1.1\r\nHost: ficus.test\r\nContent-Length: 1\r\n\r\nx";
+    let reply = client.exchange(post, "POST").await.expect("an answer");
+    assert_eq!(reply.status(), 200, "{reply:?}");
+
+    let paths: Vec<(String, usize)> = upstream
+        .requests()
+        .iter()
+        .map(|r| (r.path().to_owned(), r.connection))
+        .collect();
+    assert_eq!(paths, [("/first".to_owned(), 1), ("/post".to_owned(), 2)]);
+}
+
 /// Once any byte of an answer has arrived (part of a head, or a whole interim 1xx), the
 /// upstream has seen the request: a close then is a 502, never a second attempt.
 #[tokio::test]

@@ -69,17 +69,13 @@ impl Connection {
 
     /// Whether an idle connection is still open. Costs no system call unless the
     /// socket has signalled something since its last read (tokio clears readiness
-    /// on a short read): then a one-byte read tells a close, or stray bytes (either
-    /// way the connection is done), from nothing.
-    pub fn is_open(&mut self, cx: &mut Context<'_>) -> bool {
-        match self.io.poll_read_ready(cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut byte = [0u8; 1];
-                matches!(self.io.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+    /// on a short read): then the one-byte read tells a close, or stray bytes (either
+    /// way the connection is done), from nothing. It registers no waker and spends
+    /// none of the task's budget (a spent budget made `poll_read_ready` report every
+    /// socket quiet, a closed one too).
+    pub fn is_open(&self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.io.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Queues the request head for writing.

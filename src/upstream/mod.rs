@@ -23,7 +23,6 @@
 
 mod conn;
 
-use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -208,10 +207,7 @@ impl Upstream {
             _ => None,
         };
         let mut writer = Some(RequestWriter::new(body, framing));
-        // Unconstrained: with tokio's task budget spent, the liveness check would see
-        // every socket as quiet and take a closed one for open.
-        let pooled = tokio::task::unconstrained(poll_fn(|cx| Poll::Ready(pool.checkout(cx)))).await;
-        let mut conn = match pooled {
+        let mut conn = match pool.checkout() {
             Some(conn) => conn,
             // Boxed, like the retry below: rare paths should not grow every request's future.
             None => Box::pin(pool.connect()).await?,
@@ -318,7 +314,7 @@ impl EndpointPool {
     /// The most recently used idle connection that is still open and younger than
     /// the idle timeout. Closed ones are dropped on the way; once one is too old,
     /// so are all below it.
-    fn checkout(&self, cx: &mut Context<'_>) -> Option<Box<Connection>> {
+    fn checkout(&self) -> Option<Box<Connection>> {
         loop {
             let idle = self.idle.lock().ok()?.pop()?;
             let now = Instant::now();
@@ -327,8 +323,8 @@ impl EndpointPool {
                 self.drop_expired(now);
                 return None;
             }
-            let mut conn = idle.conn;
-            if conn.is_open(cx) {
+            let conn = idle.conn;
+            if conn.is_open() {
                 return Some(conn);
             }
         }
