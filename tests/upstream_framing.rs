@@ -403,6 +403,15 @@ impl RawUpstream {
         self.received.lock().unwrap().clone()
     }
 
+    /// Each request's path and the connection (numbered from 1) it came on.
+    fn paths(&self) -> Vec<(String, usize)> {
+        let received = self.received.lock().unwrap();
+        received
+            .iter()
+            .map(|r| (r.path().to_owned(), r.connection))
+            .collect()
+    }
+
     /// Waits until at least `n` connections have ended.
     async fn wait_for_ended(&self, n: usize) {
         let mut rx = self.ended.clone();
@@ -1155,13 +1164,8 @@ async fn only_idempotent_requests_are_retried_after_a_reused_connection_closes()
     let reply = client.call("GET", "/get").await;
     assert_eq!(reply.status(), 200, "{reply:?}");
 
-    let paths: Vec<(String, usize)> = upstream
-        .requests()
-        .iter()
-        .map(|r| (r.path().to_owned(), r.connection))
-        .collect();
     assert_eq!(
-        paths,
+        upstream.paths(),
         [
             ("/warm-1".to_owned(), 1),
             ("/post".to_owned(), 1),
@@ -1187,12 +1191,10 @@ async fn a_pooled_connection_the_upstream_has_closed_is_not_reused() {
     let reply = client.exchange(post, "POST").await.expect("an answer");
     assert_eq!(reply.status(), 200, "{reply:?}");
 
-    let paths: Vec<(String, usize)> = upstream
-        .requests()
-        .iter()
-        .map(|r| (r.path().to_owned(), r.connection))
-        .collect();
-    assert_eq!(paths, [("/first".to_owned(), 1), ("/post".to_owned(), 2)]);
+    assert_eq!(
+        upstream.paths(),
+        [("/first".to_owned(), 1), ("/post".to_owned(), 2)]
+    );
 }
 
 /// Once any byte of an answer has arrived (part of a head, or a whole interim 1xx), the
