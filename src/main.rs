@@ -239,9 +239,14 @@ impl Signals {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // A log line that cannot be written (stderr closed: the log collector went away) is
+    // dropped. Reporting it, tracing-subscriber's default, goes through `eprintln!`,
+    // which panics on the same closed stderr: every log line would then kill the task
+    // that wrote it, and the first one on the main thread the process.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

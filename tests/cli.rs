@@ -1,7 +1,8 @@
 //! The `ficus` binary as an operator uses it: check, explain, serve + SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Lines, Read, Write};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::Duration;
 
 const FICUS: &str = env!("CARGO_BIN_EXE_ficus");
@@ -170,79 +171,133 @@ fn explain_says_why_the_winner_beat_other_matches() {
     );
 }
 
-#[test]
-fn serve_exits_zero_on_sigterm() {
-    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// A `ficus serve` on a one-upstream table, with `global` options before `serve`.
+struct Serving {
+    /// Taken by `terminate`; killed when dropped otherwise (a failed test leaves no
+    /// ficus running).
+    child: Option<Child>,
+    /// The log line saying the listeners are up.
+    line: String,
+    /// The rest of its log, kept open while it runs.
+    log: Option<Lines<BufReader<ChildStderr>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts ficus with `upstream` as its one endpoint, and waits for its "serving" log
+/// line: the event that says the listeners are up.
+fn serve(global: &[&str], upstream: SocketAddr) -> Serving {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.toml");
     std::fs::write(
         &path,
         format!(
-            "default = \"legacy\"\n[listen]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[upstreams.legacy]\nendpoints = [\"http://{}\"]\n",
-            backend.local_addr().unwrap()
+            "default = \"legacy\"\n[listen]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[upstreams.legacy]\nendpoints = [\"http://{upstream}\"]\n"
         ),
     )
     .unwrap();
     let mut child = Command::new(FICUS)
-        .args(["--log-format", "json", "serve", "--config"])
+        .args(global)
+        .args(["serve", "--config"])
         .arg(&path)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait for the "serving" log line: the event that says the listeners are up.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let serving = lines
+    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = log
         .by_ref()
         .map_while(Result::ok)
-        .find(|l| l.contains("ficus serving"));
-    assert!(
-        serving.is_some_and(|l| l.contains("\"proxy\":\"127.0.0.1:")),
-        "json log with the bound address"
-    );
-
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(child.wait()));
-    let status = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("ficus exits after SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
+        .find(|l| l.contains("ficus serving"))
+        .expect("ficus logs that it is serving");
+    Serving {
+        child: Some(child),
+        line,
+        log: Some(log),
+        _dir: dir,
+    }
 }
 
+impl Serving {
+    /// The running process.
+    fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("ficus was not terminated yet")
+    }
+
+    /// Sends SIGTERM and waits (10 s at most) for the exit code.
+    fn terminate(mut self) -> Option<i32> {
+        let mut child = self.child.take().expect("ficus was not terminated yet");
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(child.wait()));
+        let status = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("ficus exits after SIGTERM")
+            .unwrap();
+        status.code()
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An address nothing listens on.
+fn refused() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[test]
+fn serve_exits_zero_on_sigterm() {
+    let serving = serve(&["--log-format", "json"], refused());
+    assert!(
+        serving.line.contains("\"proxy\":\"127.0.0.1:"),
+        "json log with the bound address"
+    );
+    assert_eq!(serving.terminate(), Some(0), "graceful shutdown exits 0");
+}
+
+/// A closed stderr (the log collector gone) loses log lines, and nothing else: ficus
+/// answers, logs the failure into the closed pipe, and still exits cleanly.
+#[test]
+fn serve_keeps_serving_when_its_log_is_closed() {
+    let mut serving = serve(&["--log-format", "json"], refused());
+    let at = serving
+        .line
+        .split("\"proxy\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the proxy's address in the log")
+        .to_owned();
+    drop(serving.log.take());
+    // Its upstream refuses: ficus answers 502 and logs a warning.
+    let mut stream = std::net::TcpStream::connect(&at).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /x HTTP/1.1\r\nHost: ficus.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer:?}");
+    assert_eq!(serving.terminate(), Some(0), "graceful shutdown exits 0");
+}
 /// With `--threads 1`, ficus runs on one thread once started: the table's directory is
 /// watched from the runtime itself, and the thread that read the table is gone soon.
 #[cfg(target_os = "linux")]
 #[test]
 fn serve_with_one_thread_runs_on_one_thread() {
-    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("routes.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "default = \"legacy\"\n[listen]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[upstreams.legacy]\nendpoints = [\"http://{}\"]\n",
-            backend.local_addr().unwrap()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(FICUS)
-        .args(["--threads", "1", "serve", "--config"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let serving = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.contains("ficus serving"));
-    assert!(serving, "ficus started");
-    let tasks = format!("/proc/{}/task", child.id());
+    let mut serving = serve(&["--threads", "1"], refused());
+    let tasks = format!("/proc/{}/task", serving.child().id());
     let threads = || std::fs::read_dir(&tasks).map_or(0, Iterator::count);
     // The start-up read's blocking thread may come and lingers a second after its work;
     // nothing else may stay. So: one thread, and still one 1.5 s on (there is no event
@@ -260,8 +315,7 @@ fn serve_with_one_thread_runs_on_one_thread() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(serving);
     assert_eq!(seen, 1, "threads of a `--threads 1` ficus");
     assert!(
         alone_since.is_some_and(|since| since.elapsed() > Duration::from_millis(1500)),
