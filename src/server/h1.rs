@@ -164,7 +164,7 @@ impl Conn<'_> {
         // The box goes with the read buffer when the connection idles. It is kept from
         // the second request on: thousands of connections that each send one request
         // and idle would otherwise all hold one at once, and leave the heap in holes
-        // when they go (0.6 KiB more resident per idle connection in scenario 5).
+        // when they go (5.02 against 4.69 KiB resident per idle connection, scenario 5).
         let mut handler = None;
         let mut first = true;
         loop {
