@@ -497,6 +497,16 @@ impl Conn<'_> {
         let Some(reader) = self.reader.as_mut() else {
             return false;
         };
+        if reader.buf.len() >= self.limits.max_head {
+            return false;
+        }
+        // Readiness first: while the client sends nothing (the usual case) this only
+        // registers the task's interest, without preparing the buffer for a read.
+        match reader.poll_ready(cx) {
+            Poll::Pending => return false,
+            Poll::Ready(Err(_)) => return true,
+            Poll::Ready(Ok(())) => {}
+        }
         while reader.buf.len() < self.limits.max_head {
             match reader.poll_fill(cx) {
                 Poll::Ready(Ok(0) | Err(_)) => return true,
