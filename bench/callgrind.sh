@@ -9,8 +9,10 @@
 # The proxy runs under valgrind with instrumentation off; after a warm-up, counting is
 # switched on for one wrk run (-t1 -c32) and off again, and the count is divided by the
 # requests wrk completed. Under load a wake-up serves several requests, as in scenario 1.
-# Open the profile with `callgrind_annotate FILE`. Uses 127.0.0.1:28080 (backend),
-# :28084 (proxy) and :28094 (ficus's admin), and stops only what it started.
+# Open the profile with `callgrind_annotate FILE`. The table and nginx's configuration
+# are scenario 1's, written by bench/run.py, on its ports (127.0.0.1:18080 backend,
+# :18084 proxy, :18094 ficus's admin): do not run both at once. It stops only what it
+# started.
 set -euo pipefail
 
 proxy=ficus
@@ -23,14 +25,14 @@ while [ $# -gt 0 ]; do
         --seconds) seconds="$2"; shift 2 ;;
         --no-build) build=0; shift ;;
         --out) out="$2"; shift 2 ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 case "$proxy" in ficus|nginx) ;; *) echo "--proxy is ficus or nginx" >&2; exit 2 ;; esac
 case "$seconds" in ''|*[!0-9]*) echo "--seconds takes a whole number" >&2; exit 2 ;; esac
-for tool in valgrind callgrind_control wrk; do
-    command -v "$tool" >/dev/null || { echo "needs $tool: apt-get install valgrind wrk" >&2; exit 1; }
+for tool in valgrind callgrind_control wrk python3; do
+    command -v "$tool" >/dev/null || { echo "needs $tool: apt-get install valgrind wrk python3" >&2; exit 1; }
 done
 if [ "$proxy" = nginx ] && ! command -v nginx >/dev/null; then
     echo "needs nginx: apt-get install nginx-light" >&2
@@ -61,65 +63,38 @@ wait_port() {
     exit 1
 }
 
-"$root/target/release/examples/bench_backend" 127.0.0.1:28080 >/dev/null 2>&1 &
+"$root/target/release/examples/bench_backend" 127.0.0.1:18080 >/dev/null 2>&1 &
 pids+=($!)
-wait_port 28080
+wait_port 18080
 
+# Scenario 1's table, or nginx's configuration, as bench/run.py writes them.
+config=$(python3 - "$root/bench" "$work" "$proxy" <<'PY'
+import sys
+from pathlib import Path
+
+sys.path.insert(0, sys.argv[1])
+import run
+
+work, proxy = Path(sys.argv[2]), sys.argv[3]
+if proxy == "ficus":
+    print(run.ficus_table(work, run.PORTS["ficus"], "plain", 10))
+else:
+    print(run.nginx_conf(work, run.PORTS["ficus"], "plain"))
+PY
+)
 if [ "$proxy" = ficus ]; then
-    # Scenario 1's table (bench/run.py, ficus_table): ten routes and `/api`.
-    {
-        printf 'default = "legacy"\n[listen]\nproxy = "127.0.0.1:28084"\nadmin = "127.0.0.1:28094"\n'
-        printf '[upstreams.legacy]\nendpoints = ["http://127.0.0.1:28080"]\n'
-        printf '[upstreams.new]\nendpoints = ["http://127.0.0.1:28081"]\n'
-        for i in $(seq 0 9); do
-            if [ $((i % 2)) = 0 ]; then pattern="path = \"/svc$i/items/{id}\""; else pattern="prefix = \"/svc$i\""; fi
-            printf '[[routes]]\nname = "svc%s"\n%s\nupstream = "legacy"\n' "$i" "$pattern"
-        done
-        printf '[[routes]]\nname = "api"\nprefix = "/api"\nupstream = "legacy"\n'
-    } >"$work/routes.toml"
-    command=("$root/target/release/ficus" --threads 1 serve --config "$work/routes.toml")
+    command=("$root/target/release/ficus" --threads 1 serve --config "$config")
 else
-    mkdir -p "$work/nginx"
-    cat >"$work/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-master_process off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $work/nginx/body;
-    proxy_temp_path $work/nginx/proxy;
-    fastcgi_temp_path $work/nginx/fastcgi;
-    uwsgi_temp_path $work/nginx/uwsgi;
-    scgi_temp_path $work/nginx/scgi;
-    keepalive_requests 1000000;
-    client_max_body_size 0;
-    # As bench/run.py configures it for scenario 1.
-    upstream backend { server 127.0.0.1:28080; keepalive 64; }
-    server {
-        listen 127.0.0.1:28084 reuseport backlog=65535;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_request_buffering off;
-            proxy_buffering off;
-        }
-    }
-}
-EOF
-    command=(nginx -p "$work/nginx" -c "$work/nginx.conf")
+    command=(nginx -c "$config" -p "$work")
 fi
 
 RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
     "${command[@]}" >"$work/valgrind.log" 2>&1 &
 vg=$!
 pids+=("$vg")
-wait_port 28084
+wait_port 18084
 
-target=http://127.0.0.1:28084/api/orders/7
+target=http://127.0.0.1:18084/api/orders/7
 wrk -t1 -c32 -d2s -H "Host: bench" "$target" >/dev/null
 callgrind_control -i on "$vg" >/dev/null 2>&1
 requests=$(wrk -t1 -c32 -d"${seconds}s" -H "Host: bench" "$target" | awk '/requests in/ {print $1}')
