@@ -246,13 +246,9 @@ static HOST_BYTE: [bool; 256] = {
 /// The request's id: the one the client sent if it is reasonable to pass on (short
 /// and printable), else a fresh one.
 pub fn request_id(fields: &Fields) -> RequestId {
-    match fields.get(X_REQUEST_ID.as_str()) {
-        Some(v) if !v.is_empty() && v.len() <= 128 && v.iter().all(u8::is_ascii_graphic) => {
-            match fields.value(X_REQUEST_ID.as_str()) {
-                Some(value) => RequestId::Given(value),
-                None => RequestId::random(),
-            }
-        }
+    let usable = |v: &[u8]| !v.is_empty() && v.len() <= 128 && v.iter().all(u8::is_ascii_graphic);
+    match fields.value(X_REQUEST_ID.as_str()) {
+        Some(value) if usable(value.as_bytes()) => RequestId::Given(value),
         _ => RequestId::random(),
     }
 }
