@@ -3,7 +3,7 @@
 //! deletions and bursts. Every test waits for the reloader's own signals
 //! (generation, failure count, served hash) or for file events; no test sleeps
 //! to wait for a reload (timed pauses only pace writes: the burst's, and the
-//! busy directory's).
+//! busy directory's noise).
 //!
 //! Most tests send a request before their first edit, to see the starting
 //! table serve; `table_edited_right_after_start_is_not_missed` pins that an
@@ -229,21 +229,26 @@ async fn a_table_in_a_busy_directory_still_reloads() {
     // `DEBOUNCE_MAX`, long before the periodic re-read).
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let noise = proxy.dir.path().join("app.log");
+    let (written, mut writes) = tokio::sync::watch::channel(0u128);
     let writer = {
         let stop = stop.clone();
         tokio::spawn(async move {
             let rounds = EVENT_TIMEOUT.as_millis() / 20;
-            for n in 0..rounds {
+            for n in 1..=rounds {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
                 std::fs::write(&noise, n.to_string()).expect("write the noise file");
+                written.send_replace(n);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
     };
-    // The edit lands amid the noise (pacing the input, not waiting for ficus).
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The edit lands amid the noise: after its first few writes.
+    tokio::time::timeout(EVENT_TIMEOUT, writes.wait_for(|&n| n >= 3))
+        .await
+        .expect("the noise writer started")
+        .expect("noise writer gone");
     proxy
         .rewrite(&table(&upstreams, &route("api", "/api", "new")))
         .await;
