@@ -5,6 +5,7 @@
 #   bench/callgrind.sh                    # ficus, scenario 1's 10-route table
 #   bench/callgrind.sh --proxy nginx      # nginx as a plain reverse proxy, the same way
 #   bench/callgrind.sh --seconds 10 --no-build --out /tmp/ficus.callgrind
+#   bench/callgrind.sh --cache            # also simulated cache misses per request
 #
 # The proxy runs under valgrind with instrumentation off; after a warm-up, counting is
 # switched on for one wrk run (-t1 -c32) and off again, and the count is divided by the
@@ -12,20 +13,24 @@
 # Open the profile with `callgrind_annotate FILE`. The table and nginx's configuration
 # are scenario 1's, written by bench/run.py, on its ports (127.0.0.1:18080 backend,
 # :18084 proxy, :18094 ficus's admin): do not run both at once. It stops only what it
-# started.
+# started. --cache simulates 32 KiB first-level caches and a 512 KiB last level (this
+# machine's L1 and L2 per core), as a measure of how much code and data a request
+# touches; it leaves out the kernel and the other processes that share the caches.
 set -euo pipefail
 
 proxy=ficus
 seconds=5
 build=1
 out=""
+cache=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --proxy) proxy="$2"; shift 2 ;;
         --seconds) seconds="$2"; shift 2 ;;
         --no-build) build=0; shift ;;
         --out) out="$2"; shift 2 ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        --cache) cache=(--cache-sim=yes --I1=32768,8,64 --D1=32768,8,64 --LL=524288,8,64); shift ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -88,7 +93,7 @@ else
     command=(nginx -c "$config" -p "$work")
 fi
 
-RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+RUST_LOG=warn valgrind --tool=callgrind "${cache[@]}" --instr-atstart=no --callgrind-out-file="$out" \
     "${command[@]}" >"$work/valgrind.log" 2>&1 &
 vg=$!
 pids+=("$vg")
@@ -109,6 +114,13 @@ if [ -z "$instructions" ] || [ -z "$requests" ] || [ "$requests" = 0 ]; then
     exit 1
 fi
 echo "$proxy: $instructions instructions for $requests requests: $((instructions / requests)) per request"
+if [ ${#cache[@]} -gt 0 ]; then
+    # totals: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw
+    awk -v r="$requests" '/^totals:/ {
+        printf "per request: %.0f I1 misses, %.0f D1 misses, %.1f last-level misses\n", $5 / r, ($6 + $7) / r, ($8 + $9 + $10) / r
+        exit
+    }' "$out"
+fi
 if [ "$out" != "$work/$proxy.callgrind" ]; then
     echo "profile: $out (callgrind_annotate $out)"
 fi
