@@ -538,7 +538,8 @@ impl Conn<'_> {
         let (framing, announce) =
             codec::response_body_framing(head_request, status, &mut fields, exact, client);
         keep_alive &= framing != Framing::Close;
-        let date = http_date();
+        // Most upstreams send a Date; the clock is read only for those that do not.
+        let date;
         let mut digits = [0u8; 20];
         let mut extra: [(&HeaderName, &[u8]); 4] = [(&DATE, b""); 4];
         let mut n = 0;
@@ -547,6 +548,7 @@ impl Conn<'_> {
             n += 1;
         }
         if !fields.contains(DATE.as_str()) {
+            date = http_date();
             extra[n] = (&DATE, &date);
             n += 1;
         }
