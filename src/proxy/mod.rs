@@ -176,7 +176,7 @@ pub async fn handle(
                 Some(shadow) => shadow.begin(&head, body, &forwarding, decision.side),
                 None => (body, None),
             };
-            let result = exchange(&decision, &mut head, body, &forwarding, peer).await;
+            let result = exchange(&decision, &mut head, body, &forwarding, peer, start).await;
             let result = match (result, mirror) {
                 (Ok(response), Some(mirror)) => {
                     let copy = mirror.answered(&response, start.elapsed());
@@ -345,21 +345,23 @@ fn rewrite(
     )
 }
 
-/// Sends the request to the decision's upstream, within the route's timeout.
+/// Sends the request to the decision's upstream, within the route's timeout of the
+/// request's `start`.
 async fn exchange(
     decision: &Decision<'_>,
     head: &mut Head,
     body: RequestBody,
     forwarding: &Forwarding,
     peer: &Peer,
+    start: Instant,
 ) -> Result<Reply<UpstreamBody>, ProxyError> {
     let upstream = &decision.backend.upstream;
     let (fields, n) = forwarding.fields();
-    let at = tokio::time::Instant::now() + decision.timeout;
+    let at = tokio::time::Instant::from_std(start) + decision.timeout;
     let mut timer = peer.route_timer(at);
     let sent = tokio::select! {
         biased;
-        exchanged = upstream.send(head, body, &fields[..n]) => Some(exchanged),
+        exchanged = upstream.send(head, body, &fields[..n], start) => Some(exchanged),
         () = RouteDeadline { timer: &mut timer, at } => None,
     };
     peer.keep_timer(timer);

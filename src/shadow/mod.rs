@@ -546,7 +546,9 @@ impl Shadow {
         let started = Instant::now();
         let limit = self.spec.max_body;
         let exchange = async {
-            let response = pool.send(&mut head, RequestBody::full(body), &[]).await;
+            let response = pool
+                .send(&mut head, RequestBody::full(body), &[], started.into_std())
+                .await;
             let response = response.map_err(|e| {
                 let why = match e {
                     SendError::ConnectTimeout(_) => "shadow connect timed out",

@@ -178,12 +178,14 @@ impl Upstream {
     /// Sends `head` (origin-form target) and `body` to the next endpoint and returns the
     /// response head; the body streams from the connection, which goes back to the pool
     /// once the body has been read to its end. `head` gets the Host (when it has none)
-    /// and framing fields it was sent with.
+    /// and framing fields it was sent with. `now` is a recent reading of the clock (when
+    /// the request started), for the pool's idle check.
     pub async fn send(
         &self,
         head: &mut Head,
         body: RequestBody,
         fields: &[Field<'_>],
+        now: Instant,
     ) -> Result<Reply<UpstreamBody>, SendError> {
         let pool = self.pool();
         if !head.fields.contains(HOST.as_str()) {
@@ -207,7 +209,7 @@ impl Upstream {
             _ => None,
         };
         let mut writer = Some(RequestWriter::new(body, framing));
-        let mut conn = match pool.checkout() {
+        let mut conn = match pool.checkout(now) {
             Some(conn) => conn,
             // Boxed, like the retry below: rare paths should not grow every request's future.
             None => Box::pin(pool.connect()).await?,
@@ -312,12 +314,11 @@ struct Idle {
 
 impl EndpointPool {
     /// The most recently used idle connection that is still open and younger than
-    /// the idle timeout. Closed ones are dropped on the way; once one is too old,
-    /// so are all below it.
-    fn checkout(&self) -> Option<Box<Connection>> {
+    /// the idle timeout at `now`. Closed ones are dropped on the way; once one is too
+    /// old, so are all below it.
+    fn checkout(&self, now: Instant) -> Option<Box<Connection>> {
         loop {
             let idle = self.idle.lock().ok()?.pop()?;
-            let now = Instant::now();
             if now.saturating_duration_since(idle.since) >= self.idle_timeout {
                 // Those below it are older still.
                 self.drop_expired(now);
