@@ -26,6 +26,10 @@ pub enum Framing {
 
 /// What a head buffer starts with: most heads fit.
 const HEAD_CAPACITY: usize = 1024;
+/// Most bytes a head or chunk-size line and the body bytes behind it may total for the
+/// body bytes to be copied in behind the head ([`WriteQueue::gather`]): copying 4 KiB
+/// costs less than the writev(2) it saves.
+const GATHER_LIMIT: usize = 4 * 1024;
 
 /// Bytes waiting to be written: a head or chunk-size line, then body bytes, then a
 /// chunk's or the body's closing bytes. One vectored write sends all three.
@@ -105,6 +109,19 @@ impl WriteQueue {
         };
     }
 
+    /// Copies small body bytes and their closing bytes in behind the head, so that a
+    /// small message leaves in one plain write. Larger bodies are not copied.
+    fn gather(&mut self) {
+        let queued = self.out.len() - self.out_pos + self.data.len() + self.suffix.len();
+        if self.data.is_empty() || self.out_pos == self.out.len() || queued > GATHER_LIMIT {
+            return;
+        }
+        self.out.extend_from_slice(&self.data);
+        self.out.extend_from_slice(self.suffix);
+        self.data = Bytes::new();
+        self.suffix = b"";
+    }
+
     /// Gives back a head buffer a large message grew.
     pub fn shrink(&mut self, keep: usize) {
         if self.out.capacity() > keep {
@@ -125,6 +142,7 @@ impl WriteQueue {
         io: &mut W,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
+        self.gather();
         loop {
             let head = &self.out[self.out_pos..];
             if head.is_empty() && self.data.is_empty() && self.suffix.is_empty() {
@@ -139,7 +157,12 @@ impl WriteQueue {
                     count += 1;
                 }
             }
-            let written = Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]);
+            // One part goes by a plain write: on a socket, send(2) costs about 0.3 µs
+            // less in the kernel than writev(2), whatever the number of iovecs.
+            let written = match count {
+                1 => Pin::new(&mut *io).poll_write(cx, &slices[0]),
+                _ => Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]),
+            };
             let mut n = ready!(written)?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -296,5 +319,154 @@ impl<B: Body<Data = Bytes> + Unpin> BodyWriter<B> {
             _ => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+
+    use http_body::Frame;
+
+    use super::*;
+
+    /// A socket that records each write and takes at most `per_write` bytes of it.
+    struct Recorder {
+        per_write: usize,
+        /// Whether each write was vectored, and the bytes it took.
+        writes: Vec<(bool, Vec<u8>)>,
+    }
+
+    impl Recorder {
+        fn new(per_write: usize) -> Self {
+            Recorder {
+                per_write,
+                writes: Vec::new(),
+            }
+        }
+
+        fn take(&mut self, vectored: bool, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+            let mut took = Vec::new();
+            for buf in bufs {
+                let room = self.per_write - took.len();
+                took.extend_from_slice(&buf[..buf.len().min(room)]);
+            }
+            let n = took.len();
+            self.writes.push((vectored, took));
+            Poll::Ready(Ok(n))
+        }
+
+        fn bytes(&self) -> Vec<u8> {
+            self.writes.iter().flat_map(|(_, b)| b.clone()).collect()
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.get_mut().take(false, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.get_mut().take(true, bufs)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A body whose frames are all ready.
+    struct Frames(VecDeque<Bytes>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(|data| Ok(Frame::data(data))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    /// Writes `head` and then `frames` framed as `framing` to `socket`.
+    async fn write(socket: &mut Recorder, head: &[u8], frames: &[&[u8]], framing: Framing) {
+        let mut queue = WriteQueue::default();
+        queue.head().extend_from_slice(head);
+        let body = Frames(frames.iter().map(|f| Bytes::copy_from_slice(f)).collect());
+        let mut writer = BodyWriter::new(body, framing);
+        std::future::poll_fn(|cx| writer.poll_write(&mut queue, socket, cx))
+            .await
+            .expect("the body is written");
+        assert!(queue.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_small_message_leaves_in_one_plain_write() {
+        let mut socket = Recorder::new(usize::MAX);
+        write(
+            &mut socket,
+            b"HEAD\r\n\r\n",
+            &[b"hello"],
+            Framing::Length(5),
+        )
+        .await;
+        assert_eq!(socket.writes, [(false, b"HEAD\r\n\r\nhello".to_vec())]);
+    }
+
+    #[tokio::test]
+    async fn a_large_body_is_not_copied_behind_its_head() {
+        let mut socket = Recorder::new(usize::MAX);
+        let body = vec![b'x'; GATHER_LIMIT];
+        let length = Framing::Length(body.len() as u64);
+        write(&mut socket, b"HEAD\r\n\r\n", &[&body], length).await;
+        let mut expected = b"HEAD\r\n\r\n".to_vec();
+        expected.extend_from_slice(&body);
+        assert_eq!(socket.writes, [(true, expected)]);
+    }
+
+    #[tokio::test]
+    async fn chunks_keep_their_order_through_short_writes() {
+        let frames: [&[u8]; 4] = [b"first", b"second chunk", &[b'y'; 5000], b"end"];
+        let mut expected = b"HEAD\r\n\r\n".to_vec();
+        for frame in frames {
+            encode_chunk_size(frame.len(), &mut expected);
+            expected.extend_from_slice(frame);
+            expected.extend_from_slice(b"\r\n");
+        }
+        expected.extend_from_slice(b"0\r\n\r\n");
+        for per_write in [1, 3, 7, 64, 4096, usize::MAX] {
+            let mut socket = Recorder::new(per_write);
+            write(&mut socket, b"HEAD\r\n\r\n", &frames, Framing::Chunked).await;
+            assert_eq!(socket.bytes(), expected, "{per_write} bytes per write");
+        }
+        // Unhindered, the head and first chunk go in one plain write, and the large
+        // chunk by itself, vectored.
+        let mut socket = Recorder::new(usize::MAX);
+        write(&mut socket, b"HEAD\r\n\r\n", &frames, Framing::Chunked).await;
+        let vectored: Vec<bool> = socket.writes.iter().map(|(v, _)| *v).collect();
+        assert_eq!(vectored, [false, false, true, false], "{:?}", socket.writes);
     }
 }
