@@ -525,9 +525,6 @@ impl Conn<'_> {
         client: Version,
         mut keep_alive: bool,
     ) -> Result<bool, ConnError> {
-        // As with requests to upstreams: the answers this wake-up made ready go out
-        // together, so that a client process with many connections wakes once for them.
-        tokio::task::yield_now().await;
         // A `100 Continue` still queued goes first.
         poll_fn(|cx| self.queue.poll_flush(&mut self.write, cx)).await?;
         let Reply {

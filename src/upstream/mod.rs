@@ -187,10 +187,6 @@ impl Upstream {
         fields: &[Field<'_>],
         now: Instant,
     ) -> Result<Reply<UpstreamBody>, SendError> {
-        // The other tasks this wake-up made ready run first, so that their requests
-        // reach the upstreams in one burst: an upstream woken once takes them all,
-        // where it would otherwise wake (and cost ficus a wake-up) for each.
-        tokio::task::yield_now().await;
         let pool = self.pool();
         if !head.fields.contains(HOST.as_str()) {
             // Only HTTP/1.0 clients get here (ficus rejects HTTP/1.1 without Host).
