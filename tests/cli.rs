@@ -291,6 +291,7 @@ fn serve_keeps_serving_when_its_log_is_closed() {
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer:?}");
     assert_eq!(serving.terminate(), Some(0), "graceful shutdown exits 0");
 }
+
 /// With `--threads 1`, ficus runs on one thread once started: the table's directory is
 /// watched from the runtime itself, and the thread that read the table is gone soon.
 #[cfg(target_os = "linux")]
