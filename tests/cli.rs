@@ -199,6 +199,9 @@ fn serve(global: &[&str], upstream: SocketAddr) -> Serving {
         .args(global)
         .args(["serve", "--config"])
         .arg(&path)
+        // The tests read info events (the serving line, the access log) whatever the
+        // environment asks for.
+        .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -217,6 +220,28 @@ fn serve(global: &[&str], upstream: SocketAddr) -> Serving {
 }
 
 impl Serving {
+    /// Where the proxy listens, from the JSON "serving" line.
+    fn proxy_address(&self) -> String {
+        self.line
+            .split("\"proxy\":\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("the proxy's address in the log")
+            .to_owned()
+    }
+
+    /// The first log line after those read so far that satisfies `wanted`, waiting 10 s
+    /// at most. The log goes to a reader thread, which ends when ficus does.
+    fn wait_for_log(&mut self, wanted: impl Fn(&str) -> bool + Send + 'static) -> Option<String> {
+        let log = self.log.take().expect("the log is still open");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let found = log.map_while(Result::ok).find(|line| wanted(line));
+            let _ = tx.send(found);
+        });
+        rx.recv_timeout(Duration::from_secs(10)).ok().flatten()
+    }
+
     /// The running process.
     fn child(&mut self) -> &mut Child {
         self.child.as_mut().expect("ficus was not terminated yet")
@@ -270,13 +295,7 @@ fn serve_exits_zero_on_sigterm() {
 #[test]
 fn serve_keeps_serving_when_its_log_is_closed() {
     let mut serving = serve(&["--log-format", "json"], refused());
-    let at = serving
-        .line
-        .split("\"proxy\":\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("the proxy's address in the log")
-        .to_owned();
+    let at = serving.proxy_address();
     drop(serving.log.take());
     // Its upstream refuses: ficus answers 502 and logs a warning.
     let mut stream = std::net::TcpStream::connect(&at).unwrap();
@@ -322,4 +341,46 @@ fn serve_with_one_thread_runs_on_one_thread() {
         alone_since.is_some_and(|since| since.elapsed() > Duration::from_millis(1500)),
         "a `--threads 1` ficus kept more than one thread"
     );
+}
+
+/// A request whose client leaves before the answer is logged as nginx logs it, with
+/// status 499 and the time it waited, and its upstream request is dropped.
+#[test]
+fn a_request_whose_client_left_is_logged_with_499() {
+    // An upstream that takes requests and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut serving = serve(&["--log-format", "json"], silent.local_addr().unwrap());
+    let mut client = std::net::TcpStream::connect(serving.proxy_address()).unwrap();
+    client
+        .write_all(b"GET /gone?x=1 HTTP/1.1\r\nHost: ficus.test\r\n\r\n")
+        .unwrap();
+    let (mut upstream, _) = silent.accept().unwrap();
+    upstream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut head = [0u8; 1024];
+    assert!(
+        upstream.read(&mut head).unwrap() > 0,
+        "the request reached the upstream"
+    );
+
+    drop(client);
+    // ficus drops the upstream request with its client: the upstream reads its end.
+    let mut rest = Vec::new();
+    upstream
+        .read_to_end(&mut rest)
+        .expect("the upstream connection ends, not times out");
+    let line = serving
+        .wait_for_log(|line| line.contains("\"status\":499"))
+        .expect("an access log line with status 499");
+    for field in [
+        "\"route\":\"default\"",
+        "\"upstream\":\"legacy\"",
+        "\"method\":\"GET\"",
+        "\"path\":\"/gone?x=1\"",
+        "\"duration_ms\":",
+        "\"request_id\":",
+    ] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
 }

@@ -457,3 +457,43 @@ async fn upstream_500_is_relayed_with_its_body_and_is_no_upstream_error() {
         );
     }
 }
+
+/// An HTTP/2 client that resets its stream before the answer cancels the request, which
+/// is counted with 499 like an HTTP/1.1 client that closes; the connection serves on.
+#[tokio::test]
+async fn a_reset_http2_stream_is_counted_as_cancelled() {
+    use bytes::Bytes;
+    use http::Request;
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+    use std::sync::Arc;
+    use tokio::sync::Semaphore;
+
+    let legacy = Backend::start("legacy").await;
+    let hung = Backend::with("hung", Behaviour::Gated(Arc::new(Semaphore::new(0)))).await;
+    let rest = "[[routes]]\nname = \"hung\"\npath = \"/hung\"\nupstream = \"hung\"\n";
+    let proxy = TestProxy::start(&table(&[("legacy", &legacy), ("hung", &hung)], rest)).await;
+    let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let get = |path: &str| {
+        Request::get(proxy.url(path))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+
+    // The response future goes with the task: the client resets the stream.
+    let waiting = tokio::spawn(h2.request(get("/hung")));
+    hung.wait_for_arrivals(1).await;
+    waiting.abort();
+
+    let cancelled = r#"ficus_requests_total{code="499",route="hung",upstream="hung"}"#;
+    assert_eq!(proxy.wait_for_metric(cancelled, 1.0).await, 1.0);
+    let answer = tokio::time::timeout(EVENT_TIMEOUT, h2.request(get("/other")))
+        .await
+        .expect("answer in time")
+        .expect("the HTTP/2 connection still serves");
+    assert_eq!(answer.status(), StatusCode::OK);
+}

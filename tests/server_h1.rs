@@ -769,9 +769,23 @@ async fn client_leaving_before_its_answer_cancels_the_upstream_request() {
         slow.ended_within(1, Duration::from_secs(5)).await,
         "the upstream request outlived its client"
     );
+    // Counted as nginx counts it, with the time it waited: a dashboard of the route's
+    // latency keeps the requests clients gave up on.
+    let cancelled = r#"ficus_requests_total{code="499",route="slow",upstream="slow"}"#;
+    assert_eq!(proxy.wait_for_metric(cancelled, 1.0).await, 1.0);
+    let waited = r#"ficus_request_duration_seconds_count{route="slow",upstream="slow"}"#;
+    assert_eq!(proxy.metric(waited).await, 1.0);
     let answer = proxy.get("/after").await;
     assert_eq!(answer.status, http::StatusCode::OK);
     assert_eq!(targets(&legacy), ["/after"]);
+    // An answered request is not counted as cancelled when its handler ends.
+    assert_eq!(
+        proxy
+            .metric(r#"ficus_requests_total{code="499",route="default",upstream="legacy"}"#)
+            .await,
+        0.0
+    );
+    assert_eq!(proxy.metric(cancelled).await, 1.0);
 }
 
 #[tokio::test]

@@ -176,7 +176,20 @@ pub async fn handle(
                 Some(shadow) => shadow.begin(&head, body, &forwarding, decision.side),
                 None => (body, None),
             };
-            let result = exchange(&decision, &mut head, body, &forwarding, peer, start).await;
+            let result = {
+                let mut waiting = Waiting {
+                    head: &mut head,
+                    decision: &decision,
+                    start,
+                    request_id: &request_id,
+                    generation: snapshot.generation,
+                    answered: false,
+                };
+                let result =
+                    exchange(&decision, waiting.head, body, &forwarding, peer, start).await;
+                waiting.answered = true;
+                result
+            };
             let result = match (result, mirror) {
                 (Ok(response), Some(mirror)) => {
                     let copy = mirror.answered(&response, start.elapsed());
@@ -228,6 +241,75 @@ pub async fn handle(
     response.request_id = Some(request_id.clone());
     let status = response.status;
     metrics.record(status, elapsed.as_secs_f64());
+    access_log(
+        (route, upstream, method, path),
+        status,
+        elapsed,
+        &request_id,
+        snapshot.generation,
+    );
+    response
+}
+
+/// The status a request is counted and logged with when it is dropped before its
+/// answer: its client went away (closed its connection, reset its HTTP/2 stream), or
+/// the drain timeout closed its connection at shutdown. nginx's 499.
+const CLIENT_CLOSED: u16 = 499;
+
+/// A request waiting for its upstream's answer. Should it be dropped still waiting, it is
+/// counted and logged with [`CLIENT_CLOSED`] and the time it had waited: dashboards keep
+/// the requests that clients gave up on, which are the slow ones.
+struct Waiting<'a> {
+    head: &'a mut Head,
+    decision: &'a Decision<'a>,
+    start: Instant,
+    request_id: &'a RequestId,
+    generation: u64,
+    answered: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.cancelled();
+        }
+    }
+}
+
+impl Waiting<'_> {
+    #[cold]
+    fn cancelled(&self) {
+        // 499 is within the 100-999 that `StatusCode` holds.
+        let Ok(status) = StatusCode::from_u16(CLIENT_CLOSED) else {
+            return;
+        };
+        let elapsed = self.start.elapsed();
+        let backend = self.decision.backend;
+        backend.metrics.record(status, elapsed.as_secs_f64());
+        let path = self.head.uri.path_and_query().map_or("", |p| p.as_str());
+        access_log(
+            (
+                self.decision.route,
+                backend.upstream.spec.name.as_str(),
+                &self.head.method,
+                path,
+            ),
+            status,
+            elapsed,
+            self.request_id,
+            self.generation,
+        );
+    }
+}
+
+/// Writes a request's access log event (target `ficus::access`, at info).
+fn access_log(
+    (route, upstream, method, path): (&str, &str, &Method, &str),
+    status: StatusCode,
+    elapsed: std::time::Duration,
+    request_id: &RequestId,
+    generation: u64,
+) {
     tracing::info!(
         target: "ficus::access",
         route,
@@ -237,9 +319,8 @@ pub async fn handle(
         status = status.as_u16(),
         duration_ms = elapsed.as_secs_f64() * 1e3,
         %request_id,
-        generation = snapshot.generation,
+        generation,
     );
-    response
 }
 
 /// Validates the target and Host, normalizes the path and picks the backend.
