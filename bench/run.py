@@ -579,8 +579,11 @@ def main() -> int:
             started = {t: start_target(t, scenario, routes) for t in targets}
             series = {t: Series() for t in targets}
             try:
-                for _ in range(repeats):
-                    for t in targets:
+                for repeat in range(repeats):
+                    # Each repeat starts one config further on (A B C, B C A, C A B), so no
+                    # config always runs right after the same one or in the same place.
+                    shift = repeat % len(targets)
+                    for t in targets[shift:] + targets[:shift]:
                         proc = started[t]
                         measured = [proc.pid] if proc else [backend.pid]
                         all_pids = [backend.pid, *side_pids] + [p.pid for p in started.values() if p]
