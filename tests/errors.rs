@@ -7,11 +7,18 @@ mod support;
 use support::*;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::StatusCode;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
 
 /// A loopback address nothing listens on: a port bound, then released.
 async fn refused_addr() -> SocketAddr {
@@ -462,15 +469,6 @@ async fn upstream_500_is_relayed_with_its_body_and_is_no_upstream_error() {
 /// is counted with 499 like an HTTP/1.1 client that closes; the connection serves on.
 #[tokio::test]
 async fn a_reset_http2_stream_is_counted_as_cancelled() {
-    use bytes::Bytes;
-    use http::Request;
-    use http_body_util::Full;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::rt::TokioExecutor;
-    use std::sync::Arc;
-    use tokio::sync::Semaphore;
-
     let legacy = Backend::start("legacy").await;
     let hung = Backend::with("hung", Behaviour::Gated(Arc::new(Semaphore::new(0)))).await;
     let rest = "[[routes]]\nname = \"hung\"\npath = \"/hung\"\nupstream = \"hung\"\n";
